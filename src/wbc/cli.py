@@ -1,0 +1,287 @@
+"""The ``wbc`` command line: argument parsing only; the work lives in the library.
+
+Every error caused by input (a bad file, a wrong option) is printed as one line,
+``wbc: error: ...``, with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import WbcError
+
+log = logging.getLogger("wbc")
+
+
+def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group("Model")
+    g.add_argument("--model", "-m", required=required, default=None,
+                   help="run folder or model file (.safetensors / .skops) (default: the bundled model)")
+    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="bf16 autocast where the CPU has native bf16 (default: auto)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+
+
+def _add_input_checks(g) -> None:
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images with a warning instead of failing (default: fail)")
+
+
+def _add_preprocessing(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Preprocessing (recorded in the model; prediction applies the same)")
+    g.add_argument("--denoise", default=None, help="median | gaussian | bilateral | nlmeans (default: none)")
+    g.add_argument("--contrast", default=None, help="clahe | histeq on luminance (default: none)")
+    g.add_argument("--stain-norm", default=None, help="reinhard | macenko (default: none)")
+    g.add_argument("--stain-reference", default=None, help="reference image for --stain-norm (default: built-in)")
+
+
+def _preprocess_options(args) -> dict:
+    d = {"denoise": args.denoise, "contrast": args.contrast, "stain_norm": args.stain_norm}
+    if args.stain_reference:
+        d["options"] = {"stain_reference": str(Path(args.stain_reference).resolve())}
+    return {k: v for k, v in d.items() if v}
+
+
+def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
+    g = p.add_argument_group("Input")
+    g.add_argument("--data", action="append", required=True,
+                   help="class-folder tree, Kaggle/PBC folder or CSV manifest; repeat to combine sources")
+    g.add_argument("--val-data", action="append", default=[], help="validation data (default: split off --data)")
+    g.add_argument("--val-fraction", type=float, default=0.15,
+                   help="fraction held out for validation, groups kept whole (default: 0.15)")
+    g.add_argument("--groups", default=None,
+                   help="CSV mapping images to groups, e.g. provenance/dataset2_source_map.csv (default: none)")
+    g.add_argument("--dedup", action="store_true",
+                   help="group duplicate and near-duplicate images before splitting (default: off)")
+    g.add_argument("--max-per-class", type=int, default=None,
+                   help="subsample training images per class for a reduced budget (default: all)")
+    _add_input_checks(g)
+    t = p.add_argument_group("Training")
+    if arch_required:
+        t.add_argument("--arch", required=True, help="registered model name; see `wbc models`")
+    t.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: 10)")
+    t.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the model's own)")
+    t.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    t.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle", help="(default: onecycle)")
+    t.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    t.add_argument("--no-pretrained", action="store_true", help="train from random weights (default: ImageNet "
+                   "weights where the model has them)")
+    t.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    t.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: 5)")
+    t.add_argument("--no-augment", action="store_true", help="no rotation/flip/colour augmentation")
+    h = p.add_argument_group("Hardware")
+    h.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="(default: auto)")
+    h.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    _add_preprocessing(p)
+
+
+def _train_config(args, arch: str, out: str):
+    from .training import TrainConfig
+    return TrainConfig(
+        data=args.data, out=out, arch=arch, val_data=args.val_data, val_fraction=args.val_fraction,
+        groups=args.groups, dedup=args.dedup, epochs=args.epochs, img_size=args.img_size,
+        batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
+        pretrained=not args.no_pretrained, class_weights=args.class_weights, patience=args.patience,
+        precision=args.precision, max_per_class=args.max_per_class, skip_bad=args.skip_bad,
+        resume=getattr(args, "resume", False), augment=not args.no_augment, threads=args.threads,
+        preprocess=_preprocess_options(args), progress=not args.quiet)
+
+
+def cmd_train(args) -> int:
+    from .training import train
+    res = train(_train_config(args, args.arch, args.out))
+    print(f"best epoch {res.best_epoch}/{res.epochs_run}: val loss {res.best_val_loss:.4f}, "
+          f"val accuracy {res.best_val_accuracy:.4f}, temperature {res.temperature:.3f}, "
+          f"{res.wall_seconds / 60:.1f} min -> {res.model_path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import EvalConfig, evaluate
+    m = evaluate(EvalConfig(data=args.data, out=args.out, model=args.model, split=args.split, groups=args.groups,
+                            restrict=not args.no_restrict, skip_bad=args.skip_bad, precision=args.precision,
+                            batch_size=args.batch_size, progress=not args.quiet))
+    lo, hi = m["accuracy_ci95"]
+    print(f"accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), balanced accuracy {m['balanced_accuracy']:.4f}, "
+          f"macro F1 {m['macro_f1']:.4f} on {m['n_images']} images -> {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .data import image_files, handle_bad
+    from .errors import BadImageError
+    from .inference import load_predictor, to_prediction
+    paths = image_files(args.paths)
+    if not paths:
+        raise WbcError(f"no images found in {' '.join(args.paths)}")
+    predictor = load_predictor(args.model, precision=args.precision, batch_size=args.batch_size)
+    bad: list[BadImageError] = []
+    preds = [to_prediction(p, probs, predictor.classes)
+             for p, probs in predictor.predict_paths(paths, skip_bad=args.skip_bad, progress=not args.quiet, bad=bad)]
+    handle_bad(bad, args.skip_bad)  # default: fail with the first few bad files and the count
+    if args.format == "json":
+        print(json.dumps([{"path": str(p.path), "label": p.label, "confidence": round(p.confidence, 4),
+                           "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}} for p in preds],
+                         indent=2))
+    elif args.format == "csv":
+        import csv
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "label", "confidence"] + predictor.classes)
+        for p in preds:
+            w.writerow([p.path, p.label, f"{p.confidence:.4f}"] + [f"{p.probabilities[c]:.4f}" for c in predictor.classes])
+    else:
+        width = max([len(str(p.path)) for p in preds] + [4])
+        print(f"{'image':<{width}}  {'type':<13} confidence")
+        for p in preds:
+            print(f"{str(p.path):<{width}}  {p.label:<13} {p.confidence:.3f}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models.registry import available, count_parameters, get_spec
+    print(f"{'name':<20} {'kind':<10} {'input':>6} {'parameters':>12}  pretrained / reference")
+    for name in available():
+        spec = get_spec(name)
+        n = args.classes
+        try:
+            params = f"{count_parameters(spec.build(num_classes=n, pretrained=False)):,}"
+        except Exception:  # noqa: BLE001 - a classical estimator has no torch parameters
+            params = "-"
+        note = spec.pretrained or spec.reference or spec.description
+        print(f"{name:<20} {spec.kind.value:<10} {spec.img_size:>6} {params:>12}  {note}")
+    print(f"(parameter counts for {args.classes} classes)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import run_compare
+    base = _train_config(args, "", "")
+    rows = run_compare(base, [a.strip() for a in args.archs.split(",") if a.strip()],
+                       args.test_data or args.data[0], args.out, test_split=args.test_split,
+                       progress=not args.quiet)
+    print((Path(args.out) / "comparison.md").read_text())
+    return 0 if rows else 1
+
+
+def cmd_audit(args) -> int:
+    from .audit import audit, format_report, write_report
+    from .data import ImageRecord, discover, image_files
+    records = []
+    for p in args.paths:
+        path = Path(p)
+        try:
+            records += discover(path).records
+        except WbcError:
+            records += [ImageRecord(f) for f in image_files([path])]
+    if not records:
+        raise WbcError(f"no images found in {' '.join(args.paths)}")
+    kwargs = {"near_threshold": args.threshold} if args.threshold is not None else {}
+    report = audit(records, progress=not args.quiet, **kwargs)
+    print(format_report(report))
+    if args.out:
+        write_report(report, Path(args.out))
+    return 0
+
+
+def cmd_split(args) -> int:
+    from collections import Counter
+    from .data import discover
+    from .splits import three_way, write_split_manifest
+    records = []
+    for p in args.data:
+        records += discover(p, args.groups).records
+    if args.dedup:
+        from dataclasses import replace
+        from .audit import duplicate_groups
+        groups = duplicate_groups(records, progress=not args.quiet)
+        records = [r if r.group is not None else replace(r, group=groups.get(r.path)) for r in records]
+    out = three_way(records, args.val, args.test, args.seed)
+    write_split_manifest(out, Path(args.out))
+    print(f"{dict(Counter(r.split for r in out))} -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wbc", description="Automated white-blood-cell differential.")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="classify single-cell images")
+    p.add_argument("paths", nargs="+", help="images or folders")
+    _add_model(p)
+    g = p.add_argument_group("Output")
+    g.add_argument("--format", choices=["table", "csv", "json"], default="table", help="(default: table)")
+    _add_input_checks(g)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="train a registered model")
+    _train_args(p)
+    o = p.add_argument_group("Output")
+    o.add_argument("--out", required=True, help="run folder (model, history.csv, curves.png, split.csv)")
+    o.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on labelled images")
+    p.add_argument("--data", required=True, help="labelled folder or manifest")
+    p.add_argument("--split", default=None, help="split to use (default: 'test' when the data has one, else all)")
+    p.add_argument("--groups", default=None, help="group CSV for a group bootstrap CI (default: none)")
+    p.add_argument("--no-restrict", action="store_true",
+                   help="score over all model classes even if the data has fewer (default: restrict)")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_model(p)
+    _add_input_checks(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="train and evaluate several models on one split")
+    _train_args(p, arch_required=False)
+    p.add_argument("--archs", required=True, help="comma-separated model names")
+    p.add_argument("--test-data", default=None, help="test data (default: the 'test' split of the first --data)")
+    p.add_argument("--test-split", default=None, help="split of --test-data to use (default: 'test' if present)")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p.add_argument("--classes", type=int, default=8, help="number of classes for the counts (default: 8)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("audit", help="find exact and near-duplicate images within and across splits")
+    p.add_argument("paths", nargs="+", help="datasets or folders")
+    p.add_argument("--threshold", type=int, default=None, help="Hamming distance for near-duplicates")
+    p.add_argument("--out", default=None, help="write pairs.csv and summary.json here")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("split", help="write a leakage-safe train/val/test manifest")
+    p.add_argument("--data", action="append", required=True, help="dataset(s) to split")
+    p.add_argument("--groups", default=None, help="group CSV (default: none)")
+    p.add_argument("--dedup", action="store_true", help="keep duplicates/near-duplicates together")
+    p.add_argument("--val", type=float, default=0.15, help="(default: 0.15)")
+    p.add_argument("--test", type=float, default=0.15, help="(default: 0.15)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.set_defaults(func=cmd_split)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="wbc: %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except WbcError as exc:
+        print(f"wbc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wbc: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Batched prediction with any trained model, streaming over files.
+
+Decoding runs in a worker process (torch ``DataLoader``) while the model runs in the
+main process, channels_last, under bf16 autocast where the CPU supports it. Memory does
+not grow with the number of images: results are yielded batch by batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+from tqdm.auto import tqdm
+
+from . import cpu
+from .augment import normalise, to_float
+from .data import load_image
+from .errors import BadImageError
+from .modelio import ModelInfo, load_model, resolve_model_path
+from .preprocessing import prepare
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class Classifier(Protocol):
+    """What every predictor offers (neural and classical)."""
+
+    classes: list[str]
+    info: ModelInfo
+
+    def predict_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+    def predict_paths(self, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
+                      bad: list[BadImageError] | None = None) -> Iterator[tuple[Path, np.ndarray]]: ...
+
+
+class _Files(TorchDataset):
+    def __init__(self, paths: list[Path], info: ModelInfo):
+        self.paths, self.pre = paths, info.preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, prepare(load_image(self.paths[i]), self.pre), None
+        except BadImageError as exc:
+            return i, None, exc.reason
+
+
+def _collate(items):
+    return items
+
+
+def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """Neural-network predictor. ``Predictor()`` loads the bundled default model."""
+
+    def __init__(self, model: str | Path | None = None, *, precision: str = "auto", batch_size: int = 64,
+                 threads: int | None = None):
+        cpu.set_threads(threads)
+        net, self.info = load_model(model)
+        self.net = net.to(memory_format=torch.channels_last).eval()
+        self.classes = list(self.info.classes)
+        self.precision = cpu.resolve(precision)
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def logits_arrays(self, arrays: np.ndarray) -> np.ndarray:
+        """Raw logits for preprocessed uint8 arrays (N, S, S, 3)."""
+        out = []
+        pre = self.info.preprocess
+        for i in range(0, len(arrays), self.batch_size):
+            x = normalise(to_float(torch.from_numpy(np.ascontiguousarray(arrays[i:i + self.batch_size]))),
+                          pre.mean, pre.std)
+            with cpu.autocast(self.precision):
+                out.append(self.net(x).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_arrays(self, arrays: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities for preprocessed uint8 arrays (N, S, S, 3)."""
+        return softmax_np(self.logits_arrays(arrays), self.info.temperature)
+
+    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
+        arrays = np.stack([prepare(im.convert("RGB"), self.info.preprocess) for im in images]) if images else \
+            np.zeros((0, self.info.preprocess.img_size, self.info.preprocess.img_size, 3), np.uint8)
+        return self.predict_arrays(arrays)
+
+    def predict_paths(self, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
+                      bad: list[BadImageError] | None = None) -> Iterator[tuple[Path, np.ndarray]]:
+        """Yield ``(path, probabilities)`` per readable image; unreadable ones go to ``bad``."""
+        paths = [Path(p) for p in paths]
+        workers = 1 if len(paths) > 2 * self.batch_size else 0
+        loader = DataLoader(_Files(paths, self.info), batch_size=self.batch_size, num_workers=workers,
+                            collate_fn=_collate, prefetch_factor=4 if workers else None)
+        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress, leave=False)
+        for items in loader:
+            ok = [(i, a) for i, a, err in items if err is None]
+            for i, _, err in items:
+                if err is not None:
+                    exc = BadImageError(paths[i], err)
+                    if bad is not None:
+                        bad.append(exc)
+                    if not skip_bad and bad is None:
+                        raise exc
+            if ok:
+                probs = self.predict_arrays(np.stack([a for _, a in ok]))
+                for (i, _), p in zip(ok, probs):
+                    yield paths[i], p
+            bar.update(len(items))
+        bar.close()
+
+
+def load_predictor(model: str | Path | None = None, **kwargs) -> Classifier:
+    """The right predictor for a model file or run folder (neural ``.safetensors`` or classical ``.skops``)."""
+    path = resolve_model_path(model)
+    if path.suffix == ".skops":
+        from .classical import ClassicalPredictor
+        return ClassicalPredictor(path)
+    return Predictor(path, **kwargs)
+
+
+def to_prediction(path: Path, probs: np.ndarray, classes: list[str]) -> Prediction:
+    k = int(np.argmax(probs))
+    return Prediction(path, classes[k], float(probs[k]), {c: float(p) for c, p in zip(classes, probs)})
