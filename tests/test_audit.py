@@ -25,6 +25,7 @@ from wbc.audit import (
     write_report,
 )
 from wbc.data import ImageRecord, discover, load_image
+from wbc.errors import WbcError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PBC = SHARED / "PBC_dataset_normal_DIB"
@@ -160,6 +161,8 @@ def test_empty_and_repeated_records(tmp_path):
     report = audit([ImageRecord(p), ImageRecord(p)], progress=False)  # same path twice is one image
     assert report.n_images == 1 and report.unreadable[0].reason == "file not found"
     assert duplicate_groups([ImageRecord(p)], report=report) == {p: str(p)}
+    with pytest.raises(WbcError, match="threshold"):
+        audit([ImageRecord(p)], near_threshold=300, progress=False)
 
 
 @needs_shared

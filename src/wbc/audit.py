@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import ImageRecord, load_image
-from .errors import BadImageError
+from .errors import BadImageError, WbcError
 from .io import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -309,8 +309,12 @@ def audit(records: list[ImageRecord], near_threshold: int = NEAR_THRESHOLD, prog
     """Hash every image once and report exact and near-duplicate pairs and groups.
 
     Unreadable files are listed in :attr:`AuditReport.unreadable` (with the reason) and skipped.
+    A threshold outside ``[0, hash_size**2)`` raises :class:`WbcError`.
     ``progress`` shows a tqdm bar (on stderr) while hashing.
     """
+    if not 0 <= near_threshold < hash_size * hash_size:
+        raise WbcError(f"near-duplicate threshold must be between 0 and {hash_size * hash_size - 1} bits "
+                       f"(default {NEAR_THRESHOLD}), got {near_threshold}")
     records = _unique_records(records)
     good: list[ImageRecord] = []
     sha: list[str] = []
@@ -410,7 +414,7 @@ def write_report(report: AuditReport, out_dir: str | Path) -> tuple[Path, Path]:
     write_json(summary_json, {
         **report.counts(),
         "near_threshold": report.near_threshold,
-        "hash": f"imagehash.phash(hash_size={report.hash_size}), min over 8 flips/rotations",
+        "hash": f"imagehash.phash(hash_size={report.hash_size}); distance = min over 8 flips/rotations",
         "exact_groups": report.exact_groups,
         "near_groups": report.near_groups,
         "unreadable": [{"path": u.path, "reason": u.reason} for u in report.unreadable],

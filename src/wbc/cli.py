@@ -33,6 +33,8 @@ def _add_input_checks(g) -> None:
 
 def _add_preprocessing(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Preprocessing (recorded in the model; prediction applies the same)")
+    g.add_argument("--crop", type=float, default=None,
+                   help="centre a square of this fraction of the short side on the WBC, e.g. 0.7 (default: whole image)")
     g.add_argument("--denoise", default=None, help="median | gaussian | bilateral | nlmeans (default: none)")
     g.add_argument("--contrast", default=None, help="clahe | histeq on luminance (default: none)")
     g.add_argument("--stain-norm", default=None, help="reinhard | macenko (default: none)")
@@ -40,7 +42,7 @@ def _add_preprocessing(p: argparse.ArgumentParser) -> None:
 
 
 def _preprocess_options(args) -> dict:
-    d = {"denoise": args.denoise, "contrast": args.contrast, "stain_norm": args.stain_norm}
+    d = {"crop": args.crop, "denoise": args.denoise, "contrast": args.contrast, "stain_norm": args.stain_norm}
     if args.stain_reference:
         d["options"] = {"stain_reference": str(Path(args.stain_reference).resolve())}
     return {k: v for k, v in d.items() if v}
@@ -206,6 +208,13 @@ def cmd_split(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_model
+    out = export_model(args.model, args.out, args.format, half=args.half)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wbc", description="Automated white-blood-cell differential.")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -265,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--out", required=True, help="manifest CSV to write")
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("export", help="write a trained model in another format")
+    p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")
+    p.add_argument("--format", default="safetensors", help="safetensors (default: safetensors)")
+    p.add_argument("--half", action="store_true", help="store fp16 tensors (half the size)")
+    p.add_argument("--out", required=True, help="file to write")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

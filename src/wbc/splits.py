@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from .data import ImageRecord
 from .errors import WbcError
@@ -32,6 +32,11 @@ def split_off(records: list[ImageRecord], fraction: float, seed: int) -> tuple[l
         raise WbcError(f"cannot split {len(records)} image(s); need at least 2")
     labels = np.array([r.label for r in records])
     groups = np.array([group_of(r) for r in records])
+    if len(set(groups)) == len(records) and min(Counter(labels).values()) >= 2:
+        # no groups to keep together: an exact stratified fraction
+        idx = np.arange(len(records))
+        train_idx, held_idx = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+        return [records[i] for i in sorted(train_idx)], [records[i] for i in sorted(held_idx)]
     n_splits = max(2, int(round(1 / fraction)))
     n_groups = len(set(groups))
     if n_groups < n_splits:

@@ -1,0 +1,85 @@
+"""Assemble docs/results.md from the outputs of scripts/results.sh (no number is typed by hand).
+
+Usage: python scripts/results_md.py [RESULTS_DIR] [OUT_MD]
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "results"
+OUT = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "docs" / "results.md"
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def metrics_line(name: str, path: Path) -> str:
+    if not path.is_file():
+        return f"| {name} | not run yet | | | | |"
+    m = json.loads(path.read_text())
+    lo, hi = m["accuracy_ci95"]
+    return (f"| {name} | {pct(m['accuracy'])} ({pct(lo)}–{pct(hi)}) | {pct(m['balanced_accuracy'])} | "
+            f"{pct(m['macro_f1'])} | {m['n_images']} | {m.get('ci_method', '')} |")
+
+
+def section(title: str, folder: Path, command: str, text: str) -> list[str]:
+    lines = [f"## {title}", "", text, "", f"Command: `{command}`", ""]
+    table = folder / "comparison.md"
+    lines += [table.read_text() if table.is_file() else "_Not run yet._", ""]
+    return lines
+
+
+def main() -> None:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Results", "",
+        "Every number below was measured by `bash scripts/results.sh` (training and evaluation, resumable) and "
+        "written into this file by `python scripts/results_md.py`. Accuracy intervals are 95 % bootstrap "
+        "intervals, over source groups where groups are known. Wall times are on the machine named here: "
+        f"{torch.get_num_threads()} CPU threads ({cpu}), PyTorch {torch.__version__}, no GPU.", "",
+        "## The bundled default model", "",
+        "MobileNetV2 (ImageNet weights), 160 px on a WBC-centred crop (70 % of the short side), Adam 3e-4 one-cycle, "
+        "8 epochs, trained on the PBC train split plus Kaggle TRAIN (Kaggle classes mapped onto PBC names; at most "
+        "1,500 images per class), best validation loss kept, temperature-calibrated on validation. Evaluated once on "
+        "held-out tests it never saw: the PBC group-aware test split and the official Kaggle TEST folder "
+        "(its predictions restricted to Kaggle's four classes).", "",
+        "Command: `bash scripts/results.sh default`", "",
+        "| test set | accuracy % (95 % CI) | balanced acc % | macro F1 % | images | CI |", "|---|---|---|---|---|---|",
+        metrics_line("PBC test (8 classes)", RESULTS / "default" / "pbc-test" / "metrics.json"),
+        metrics_line("Kaggle official TEST (4 classes)", RESULTS / "default" / "kaggle-test" / "metrics.json"), "",
+    ]
+    lines += section(
+        "Kaggle dataset2-master: the papers' protocol (random 70/20/10 of TRAIN+TEST)", RESULTS / "kaggle-random",
+        "bash scripts/results.sh kaggle-random",
+        "A random split puts augmented copies of the same source cell into train and test; the figures are inflated.")
+    lines += section(
+        "Kaggle dataset2-master: the honest protocol (train on TRAIN, test on TEST)", RESULTS / "kaggle-honest",
+        "bash scripts/results.sh kaggle-honest",
+        "TRAIN and TEST come from disjoint source smears (except two twin cells, see the data README); validation "
+        "is split off TRAIN by source group (`dataset2_source_map.csv`). The gap to the table above is leakage: "
+        "`wbc audit` and the source map show every TEST source occurring 16–156 times as augmented copies.")
+    lines += section(
+        "PBC, 8 classes, group-aware split after de-duplication", RESULTS / "pbc",
+        "bash scripts/results.sh pbc", "Split: `data/splits/pbc.csv` (70/15/15, duplicates kept together).")
+    lines += section(
+        "PBC, big backbones on a reduced CPU budget", RESULTS / "pbc-reduced", "bash scripts/results.sh pbc",
+        "VGG16, ResNet50 and InceptionV3 trained **from random weights** (their ImageNet weights cannot be downloaded "
+        "on this offline machine; with internet, drop `--no-pretrained` to use them), at 96 px, 250 training "
+        "images per class, 4 epochs. These rows measure what a 2-core CPU affords, not the architectures' ceiling.")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = OUT.with_suffix(".partial")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(OUT)
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The bundled model and the batched predictor."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SAMPLES
+from wbc.classes import PBC_CLASSES
+from wbc.errors import BadImageError, WbcError
+from wbc.inference import Predictor, load_predictor
+from wbc.modelio import default_model_path, load_model, read_info
+from wbc.preprocessing import crop_on_wbc, wbc_centre
+
+FILES = sorted(SAMPLES.glob("*.jp*g"))
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor()
+
+
+def test_bundled_model_is_small_and_self_describing():
+    path = default_model_path()
+    assert path.stat().st_size <= 20 * 2**20
+    info = read_info(path)
+    assert info.classes == list(PBC_CLASSES)
+    assert info.temperature > 0 and info.training["command"]
+    assert "best_val_accuracy" in info.training
+
+
+def test_paths_and_images_agree(predictor):
+    from_paths = dict(predictor.predict_paths(FILES))
+    from_images = predictor.predict_images([Image.open(f) for f in FILES])
+    for f, p in zip(FILES, from_images):
+        np.testing.assert_allclose(from_paths[f], p, atol=1e-5)
+        assert p.sum() == pytest.approx(1, abs=1e-4)
+
+
+def test_bf16_and_fp32_agree_on_real_images():
+    a = Predictor(precision="bf16").predict_images([Image.open(f) for f in FILES])
+    b = Predictor(precision="fp32").predict_images([Image.open(f) for f in FILES])
+    assert (a.argmax(1) == b.argmax(1)).all()
+    assert np.abs(a - b).max() < 0.05
+
+
+def test_streaming_reports_bad_files_and_keeps_going(predictor, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    errors: list[BadImageError] = []
+    out = list(predictor.predict_paths([FILES[0], bad, FILES[1]] * 50, bad=errors))  # > 2 batches: worker path
+    assert len(out) == 100 and len(errors) == 50 and errors[0].path == bad
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(WbcError, match="model not found"):
+        load_predictor(tmp_path / "nope.safetensors")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(WbcError, match="no model file in this folder"):
+        load_model(tmp_path / "run")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(WbcError, match="not a readable wbc model file"):
+        load_model(tmp_path / "junk.safetensors")
+
+
+def test_wbc_centre_finds_an_off_centre_cell():
+    cell = np.asarray(Image.open(next(SAMPLES.glob("pbc_lymphocyte*"))).convert("RGB"))
+    field = np.full((600, 800, 3), (230, 200, 190), np.uint8)  # pinkish background
+    field[300:663 - 60, 450:810 - 60] = cell[:303, :300]
+    r, c = wbc_centre(field)
+    assert 300 < r < 600 and 450 < c < 750
+    crop = crop_on_wbc(Image.fromarray(field), 0.5)
+    assert crop.size == (300, 300)
