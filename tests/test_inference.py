@@ -70,3 +70,13 @@ def test_wbc_centre_finds_an_off_centre_cell():
     assert 300 < r < 600 and 450 < c < 750
     crop = crop_on_wbc(Image.fromarray(field), 0.5)
     assert crop.size == (300, 300)
+
+
+def test_onnxruntime_backend_matches_torch(tmp_path):
+    from wbc.export import export_model
+    onnx_file = export_model(None, tmp_path / "m.onnx", "onnx")
+    images = [Image.open(f) for f in FILES]
+    ref = Predictor(precision="fp32").predict_images(images)
+    ort = load_predictor(onnx_file).predict_images(images)
+    assert (ref.argmax(1) == ort.argmax(1)).all()
+    assert np.abs(ref - ort).max() < 1e-3  # same fp32 network, different kernels

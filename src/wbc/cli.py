@@ -24,6 +24,8 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="bf16 autocast where the CPU has native bf16 (default: auto)")
     g.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    g.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="inference engine; onnxruntime exports the model to ONNX once (default: torch)")
 
 
 def _add_input_checks(g) -> None:
@@ -107,7 +109,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation import EvalConfig, evaluate
     m = evaluate(EvalConfig(data=args.data, out=args.out, model=args.model, split=args.split, groups=args.groups,
                             restrict=not args.no_restrict, skip_bad=args.skip_bad, precision=args.precision,
-                            batch_size=args.batch_size, progress=not args.quiet))
+                            batch_size=args.batch_size, backend=args.backend, progress=not args.quiet))
     lo, hi = m["accuracy_ci95"]
     print(f"accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), balanced accuracy {m['balanced_accuracy']:.4f}, "
           f"macro F1 {m['macro_f1']:.4f} on {m['n_images']} images -> {Path(args.out) / 'report.html'}")
@@ -121,7 +123,8 @@ def cmd_predict(args) -> int:
     paths = image_files(args.paths)
     if not paths:
         raise WbcError(f"no images found in {' '.join(args.paths)}")
-    predictor = load_predictor(args.model, precision=args.precision, batch_size=args.batch_size)
+    predictor = load_predictor(args.model, precision=args.precision, batch_size=args.batch_size,
+                               backend=args.backend)
     bad: list[BadImageError] = []
     preds = [to_prediction(p, probs, predictor.classes)
              for p, probs in predictor.predict_paths(paths, skip_bad=args.skip_bad, progress=not args.quiet, bad=bad)]
@@ -277,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a trained model in another format")
     p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")
-    p.add_argument("--format", default="safetensors", help="safetensors (default: safetensors)")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"],
+                   help="(default: safetensors)")
     p.add_argument("--half", action="store_true", help="store fp16 tensors (half the size)")
     p.add_argument("--out", required=True, help="file to write")
     p.set_defaults(func=cmd_export)

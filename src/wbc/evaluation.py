@@ -37,6 +37,7 @@ class EvalConfig:
     skip_bad: bool = False
     precision: str = "auto"
     batch_size: int = 64
+    backend: str = "torch"
     n_boot: int = 1000
     progress: bool = True
 
@@ -72,7 +73,8 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
     records, split = evaluation_records(ds, cfg.split)
     if any(r.label is None for r in records):
         raise WbcError(f"{cfg.data}: evaluation needs labelled images (class folders or a label column)")
-    predictor = predictor or load_predictor(cfg.model, precision=cfg.precision, batch_size=cfg.batch_size)
+    predictor = predictor or load_predictor(cfg.model, precision=cfg.precision, batch_size=cfg.batch_size,
+                                            backend=cfg.backend)
     model_classes = list(predictor.classes)
     data_classes = sorted({r.label for r in records}, key=lambda c: model_classes.index(c) if c in model_classes else -1)
     unknown = [c for c in data_classes if c not in model_classes]

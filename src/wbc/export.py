@@ -2,6 +2,9 @@
 
 * ``safetensors`` (optionally ``--half``: fp16 tensors, half the size; how the bundled default
   model is made from its run folder);
+* ``onnx``: the network as an ONNX graph (opset 17, dynamic batch) taking the *normalised*
+  NCHW float input, with the wbc model information (classes, preprocessing, temperature) in
+  the graph's metadata, for ``--backend onnxruntime`` and for other runtimes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from .modelio import load_model, resolve_model_path, save_model
 
 class ExportFormat(StrEnum):
     SAFETENSORS = "safetensors"
+    ONNX = "onnx"
+
+ONNX_OPSET = 17
 
 
 def export_model(model: str | Path | None, out: str | Path, fmt: str = "safetensors", half: bool = False) -> Path:
@@ -28,5 +34,25 @@ def export_model(model: str | Path | None, out: str | Path, fmt: str = "safetens
         raise WbcError("classical (scikit-learn) models are already portable .skops files; copy the file instead")
     net, info = load_model(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(out, net, info, half=half)
+    if fmt is ExportFormat.ONNX:
+        export_onnx(net, info, out)
+    else:
+        save_model(out, net, info, half=half)
     return out
+
+
+def export_onnx(net, info, out: Path) -> None:
+    import onnx
+    import torch
+
+    size = info.preprocess.img_size
+    tmp = out.with_name(out.name + ".partial")
+    with torch.no_grad():
+        torch.onnx.export(net.eval(), (torch.zeros(1, 3, size, size),), str(tmp), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=ONNX_OPSET, dynamo=False)
+    graph = onnx.load(str(tmp))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "wbc", info.to_json()
+    onnx.save(graph, str(tmp))
+    tmp.replace(out)

@@ -7,7 +7,9 @@ not grow with the number of images: results are yielded batch by batch.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 from . import cpu
 from .augment import normalise, to_float
 from .data import load_image
-from .errors import BadImageError
+from .errors import BadImageError, WbcError
 from .modelio import ModelInfo, load_model, resolve_model_path
 from .preprocessing import prepare
 
@@ -71,14 +73,53 @@ def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+class Backend(StrEnum):
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
+def onnx_session(model: str | Path | None, threads: int):
+    """An ONNX Runtime session and the model info; exports (and caches) ONNX from a torch model."""
+    import onnx
+    import onnxruntime as ort
+
+    path = resolve_model_path(model)
+    if path.suffix != ".onnx":
+        from .export import export_model
+        from .imageset import default_cache_dir
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+        cached = default_cache_dir() / "onnx" / f"{key}.onnx"
+        if not cached.is_file():
+            export_model(path, cached, "onnx")
+        path = cached
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "wbc" not in meta:
+        raise WbcError(f"{path}: an ONNX file without wbc model information; export it with `wbc export`")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return session, ModelInfo.from_json(meta["wbc"])
+
+
 class Predictor:
-    """Neural-network predictor. ``Predictor()`` loads the bundled default model."""
+    """Neural-network predictor. ``Predictor()`` loads the bundled default model.
+
+    ``backend="onnxruntime"`` runs the same network through ONNX Runtime (fp32); a
+    ``.safetensors`` model is exported to ONNX once and cached.
+    """
 
     def __init__(self, model: str | Path | None = None, *, precision: str = "auto", batch_size: int = 64,
-                 threads: int | None = None):
-        cpu.set_threads(threads)
-        net, self.info = load_model(model)
-        self.net = net.to(memory_format=torch.channels_last).eval()
+                 threads: int | None = None, backend: str = "torch"):
+        n_threads = cpu.set_threads(threads)
+        self.backend = Backend(backend)
+        if self.backend is Backend.ONNXRUNTIME:
+            self.session, self.info = onnx_session(model, n_threads)
+            self.net = None
+        else:
+            net, self.info = load_model(model)
+            self.net = net.to(memory_format=torch.channels_last).eval()
         self.classes = list(self.info.classes)
         self.precision = cpu.resolve(precision)
         self.batch_size = batch_size
@@ -91,6 +132,9 @@ class Predictor:
         for i in range(0, len(arrays), self.batch_size):
             x = normalise(to_float(torch.from_numpy(np.ascontiguousarray(arrays[i:i + self.batch_size]))),
                           pre.mean, pre.std)
+            if self.net is None:
+                out.append(self.session.run(None, {"input": x.contiguous().numpy()})[0])
+                continue
             with cpu.autocast(self.precision):
                 out.append(self.net(x).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
@@ -135,6 +179,8 @@ def load_predictor(model: str | Path | None = None, **kwargs) -> Classifier:
     if path.suffix == ".skops":
         from .classical import ClassicalPredictor
         return ClassicalPredictor(path)
+    if path.suffix == ".onnx":
+        kwargs["backend"] = Backend.ONNXRUNTIME
     return Predictor(path, **kwargs)
 
 

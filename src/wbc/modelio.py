@@ -24,7 +24,7 @@ from .models.registry import get_spec
 from .preprocessing import PreprocessConfig
 
 FORMAT_VERSION = 1
-MODEL_FILENAMES = ("model.safetensors", "model.skops")
+MODEL_FILENAMES = ("model.safetensors", "model.skops", "model.onnx")
 
 
 @dataclass
@@ -100,6 +100,8 @@ def load_model(model: str | Path | None) -> tuple[torch.nn.Module, ModelInfo]:
     path = resolve_model_path(model)
     if path.suffix == ".skops":
         raise WbcError(f"{path}: a classical model; load it with wbc.classical.load_classical")
+    if path.suffix == ".onnx":
+        raise WbcError(f"{path}: an ONNX model; run it with --backend onnxruntime")
     info = read_info(path)
     net = get_spec(info.arch).build(num_classes=len(info.classes), pretrained=False)
     state = load_file(str(path))
