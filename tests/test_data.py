@@ -129,7 +129,7 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "broken.jpg" in lines[0] and "not an image" in lines[0]
+    assert len(lines) == 1 and "broken.jpg" in lines[0] and "cannot decode image" in lines[0]
     r = subprocess.run([sys.executable, "-m", "wbc.cli", "evaluate", "--data", str(tmp_path / "nope"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no such file or folder" in r.stderr

@@ -64,12 +64,14 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 def test_wbc_centre_finds_an_off_centre_cell():
     cell = np.asarray(Image.open(next(SAMPLES.glob("pbc_lymphocyte*"))).convert("RGB"))
-    field = np.full((600, 800, 3), (230, 200, 190), np.uint8)  # pinkish background
-    field[300:663 - 60, 450:810 - 60] = cell[:303, :300]
+    field = np.full((700, 900, 3), (230, 200, 190), np.uint8)  # pinkish background
+    field[300:603, 450:750] = cell[:303, :300]
     r, c = wbc_centre(field)
     assert 300 < r < 600 and 450 < c < 750
     crop = crop_on_wbc(Image.fromarray(field), 0.5)
-    assert crop.size == (300, 300)
+    assert crop.size == (350, 350)
+    left, top = (c - 175, r - 175)
+    np.testing.assert_array_equal(np.asarray(crop), field[top:top + 350, left:left + 350])
 
 
 def test_onnxruntime_backend_matches_torch(tmp_path):

@@ -68,7 +68,9 @@ def test_fixed_input_models_reject_other_sizes(tree, tmp_path):
         train(_cfg(tree, tmp_path / "x", arch="risodkar-cnn", img_size=64))
 
 
-def test_pretrained_backbone_learns_quickly(tree, tmp_path):
-    """MobileNetV2 from its offline ImageNet weights beats chance after 2 short epochs on real cells."""
-    res = train(_cfg(tree, tmp_path / "m", arch="mobilenet_v2", img_size=64, epochs=3, lr=1e-3, batch_size=10))
-    assert res.best_val_accuracy > 0.5  # chance is 1/3
+def test_pretrained_backbone_learns_quickly(tmp_path):
+    """MobileNetV2 from its offline ImageNet weights learns real cells in a few short epochs."""
+    tree = tiny_class_tree(tmp_path / "t", per_class=24)
+    res = train(_cfg(tree, tmp_path / "m", arch="mobilenet_v2", img_size=96, epochs=4, lr=1e-3, batch_size=16,
+                     val_fraction=0.25))
+    assert res.best_val_accuracy > 0.6, res  # chance is 1/3

@@ -30,11 +30,11 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from .data import ImageRecord, load_image
 from .errors import BadImageError, WbcError
 from .io import write_csv, write_json
+from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def audit(records: list[ImageRecord], near_threshold: int = NEAR_THRESHOLD, prog
     sha: list[str] = []
     phashes: list[tuple[int, ...]] = []
     unreadable: list[Unreadable] = []
-    for r in tqdm(records, desc="hashing", unit="img", disable=not progress, dynamic_ncols=True):
+    for r in progress_bar(records, desc="hashing", unit="img", enabled=progress):
         try:
             img = load_image(r.path)
             digest = content_hash(r.path)

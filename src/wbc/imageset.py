@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from .progress import progress as progress_bar
 
 from .data import ImageRecord, handle_bad, load_image
 from .errors import BadImageError
@@ -77,7 +77,7 @@ def decode_images(records: list[ImageRecord], config: PreprocessConfig, *, skip_
     bad: list[BadImageError] = []
     jobs = [(str(r.path), config.to_dict()) for r in records]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
-    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(jobs), desc=desc, unit="img", enabled=progress)
     if workers > 1 and len(jobs) > 256:
         with ProcessPoolExecutor(workers) as pool:
             results = pool.map(_decode, jobs, chunksize=64)

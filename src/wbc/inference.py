@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
-from tqdm.auto import tqdm
+from .progress import progress as progress_bar
 
 from . import cpu
 from .augment import normalise, to_float
@@ -155,7 +155,7 @@ class Predictor:
         workers = 1 if len(paths) > 2 * self.batch_size else 0
         loader = DataLoader(_Files(paths, self.info), batch_size=self.batch_size, num_workers=workers,
                             collate_fn=_collate, prefetch_factor=4 if workers else None)
-        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress, leave=False)
+        bar = progress_bar(total=len(paths), desc="predicting", unit="img", enabled=progress)
         for items in loader:
             ok = [(i, a) for i, a, err in items if err is None]
             for i, _, err in items:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .progress import progress as progress_bar
+
 from . import cpu
 from .augment import AugmentConfig, augment, normalise, to_float
 from .calibration import fit_temperature
@@ -265,8 +267,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         tot_loss, tot_correct, seen = 0.0, 0, 0
-        bar = tqdm(total=len(x_train), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
-                   disable=not cfg.progress, leave=False)
+        bar = progress_bar(total=len(x_train), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+                           enabled=cfg.progress)
         for idx in _batches(len(x_train), cfg.batch_size, generator):
             x = to_float(x_train[idx])
             if cfg.augment:
