@@ -30,6 +30,17 @@ def metrics_line(name: str, path: Path) -> str:
             f"{pct(m['macro_f1'])} | {m['n_images']} | {m.get('ci_method', '')} |")
 
 
+def per_class_recall(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    m = json.loads(path.read_text())
+    cells = ", ".join(f"{c} {pct(v['recall'])} %" for c, v in m["per_class"].items())
+    cm, classes = m["confusion_matrix"], m["classes"]
+    worst = max(((cm[i][j], classes[i], classes[j]) for i in range(len(classes)) for j in range(len(classes)) if i != j))
+    return (f"Recall per class: {cells}. Largest confusion: {worst[0]} {worst[1]} images called {worst[2]} "
+            f"(of {sum(cm[classes.index(worst[1])])}).")
+
+
 def section(title: str, folder: Path, command: str, text: str) -> list[str]:
     lines = [f"## {title}", "", text, "", f"Command: `{command}`", ""]
     table = folder / "comparison.md"
@@ -55,6 +66,9 @@ def main() -> None:
         "| test set | accuracy % (95 % CI) | balanced acc % | macro F1 % | images | CI |", "|---|---|---|---|---|---|",
         metrics_line("PBC test (8 classes)", RESULTS / "default" / "pbc-test" / "metrics.json"),
         metrics_line("Kaggle official TEST (4 classes)", RESULTS / "default" / "kaggle-test" / "metrics.json"), "",
+        "Kaggle TEST: " + per_class_recall(RESULTS / "default" / "kaggle-test" / "metrics.json"),
+        "The core issue's targets are ≥ 98 % on PBC and ≥ 90 % on Kaggle TEST; compare the rows above. The Kaggle "
+        "interval is wide because TEST holds only 68 source cells, each augmented 16–156 times.", "",
     ]
     lines += section(
         "Kaggle dataset2-master: the papers' protocol (random 70/20/10 of TRAIN+TEST)", RESULTS / "kaggle-random",
