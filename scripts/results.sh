@@ -25,17 +25,17 @@ default)  # the bundled model: PBC + Kaggle TRAIN, evaluated once on the held-ou
   ;;
 kaggle-random)  # the papers' protocol: random 70/20/10 of TRAIN+TEST (augmented copies on both sides)
   $WBC -q compare --data data/splits/kaggle_random.csv --archs risodkar-cnn,asghar-cnn,mobilenet_v2,efficientnet_lite0 \
-      --epochs 5 --img-size 128 --max-per-class 1000 --out $OUT/kaggle-random
+      --epochs 6 --img-size 128 --max-per-class 1000 --monitor val_accuracy --out $OUT/kaggle-random
   ;;
 kaggle-honest)  # official TRAIN -> TEST, validation split off TRAIN by source image
   $WBC -q compare --data data/splits/kaggle.csv --groups $MAP --archs risodkar-cnn,asghar-cnn,mobilenet_v2,efficientnet_lite0 \
-      --epochs 5 --img-size 128 --max-per-class 1000 --out $OUT/kaggle-honest
+      --epochs 6 --img-size 128 --max-per-class 1000 --monitor val_accuracy --out $OUT/kaggle-honest
   ;;
 pbc)  # PBC 8 classes, group-aware split after de-duplication; big backbones on a reduced budget
   $WBC -q compare --data data/splits/pbc.csv --archs risodkar-cnn,asghar-cnn,mobilenet_v2,efficientnet_lite0,mobilenet_v3_small \
-      --epochs 6 --img-size 128 --class-weights --out $OUT/pbc
+      --epochs 6 --img-size 128 --class-weights --monitor val_accuracy --out $OUT/pbc
   $WBC -q compare --data data/splits/pbc.csv --archs vgg16,resnet50,inception_v3 --no-pretrained \
-      --epochs 4 --img-size 96 --max-per-class 250 --class-weights --out $OUT/pbc-reduced
+      --epochs 4 --img-size 96 --max-per-class 250 --class-weights --monitor val_accuracy --out $OUT/pbc-reduced
   ;;
 *) echo "unknown step $step" >&2; exit 2;;
 esac; done

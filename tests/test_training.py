@@ -74,3 +74,11 @@ def test_pretrained_backbone_learns_quickly(tmp_path):
     res = train(_cfg(tree, tmp_path / "m", arch="mobilenet_v2", img_size=96, epochs=4, lr=1e-3, batch_size=16,
                      val_fraction=0.25))
     assert res.best_val_accuracy > 0.6, res  # chance is 1/3
+
+
+def test_monitor_accuracy_keeps_the_most_accurate_epoch(tree, tmp_path):
+    res = train(_cfg(tree, tmp_path / "acc", epochs=3, monitor="val_accuracy"))
+    rows = list(csv.DictReader(open(tmp_path / "acc" / "history.csv")))
+    accs = [float(r["val_accuracy"]) for r in rows]
+    assert res.best_epoch == accs.index(max(accs)) + 1
+    assert res.best_val_accuracy == pytest.approx(max(accs), abs=1e-4)

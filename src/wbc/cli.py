@@ -77,6 +77,8 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
                    "weights where the model has them)")
     t.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
     t.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: 5)")
+    t.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
+                   help="validation figure that picks the kept checkpoint and drives early stopping (default: val_loss)")
     t.add_argument("--no-augment", action="store_true", help="no rotation/flip/colour augmentation")
     h = p.add_argument_group("Hardware")
     h.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="(default: auto)")
@@ -90,7 +92,7 @@ def _train_config(args, arch: str, out: str):
         data=args.data, out=out, arch=arch, val_data=args.val_data, val_fraction=args.val_fraction,
         groups=args.groups, dedup=args.dedup, epochs=args.epochs, img_size=args.img_size,
         batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
-        pretrained=not args.no_pretrained, class_weights=args.class_weights, patience=args.patience,
+        pretrained=not args.no_pretrained, class_weights=args.class_weights, patience=args.patience, monitor=args.monitor,
         precision=args.precision, max_per_class=args.max_per_class, skip_bad=args.skip_bad,
         resume=getattr(args, "resume", False), augment=not args.no_augment, threads=args.threads,
         preprocess=_preprocess_options(args), progress=not args.quiet)

@@ -60,6 +60,7 @@ class TrainConfig:
     pretrained: bool = True
     class_weights: bool = False
     patience: int = 5
+    monitor: str = "val_loss"  # or "val_accuracy": which validation figure picks the kept checkpoint
     precision: str = "auto"
     max_per_class: int | None = None  # subsample the training set (reduced budgets)
     skip_bad: bool = False
@@ -300,7 +301,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.progress:
             tqdm.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
                        f"val loss {val_loss:.4f} acc {val_acc:.4f}")
-        if val_loss < best["val_loss"] or not len(y_val):
+        if cfg.monitor == "val_accuracy":
+            improved = best["epoch"] < 0 or val_acc > best["val_accuracy"]
+        else:
+            improved = val_loss < best["val_loss"]
+        if improved or not len(y_val):
             best = {"val_loss": val_loss, "epoch": epoch, "val_accuracy": val_acc}
             save_model(run_dir / "model.safetensors", model, info)
             bad_epochs = 0
@@ -313,7 +318,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         os.replace(str(ckpt_path) + ".partial", ckpt_path)
         _write_history(history, run_dir)
         if bad_epochs >= cfg.patience:
-            log.info("early stopping: no val-loss improvement for %d epochs", cfg.patience)
+            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
             break
 
     # calibrate the best model on the validation set
