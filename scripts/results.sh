@@ -32,7 +32,9 @@ kaggle-honest)  # official TRAIN -> TEST, validation split off TRAIN by source i
       --epochs 6 --img-size 128 --max-per-class 1000 --monitor val_accuracy --out $OUT/kaggle-honest
   ;;
 pbc)  # PBC 8 classes, group-aware split after de-duplication; big backbones on a reduced budget
-  $WBC -q compare --data data/splits/pbc.csv --archs risodkar-cnn,asghar-cnn,mobilenet_v2,efficientnet_lite0,mobilenet_v3_small \
+  $WBC -q compare --data data/splits/pbc.csv --archs risodkar-cnn,asghar-cnn,mobilenet_v2,efficientnet_lite0 \
+      --epochs 6 --img-size 128 --class-weights --monitor val_accuracy --out $OUT/pbc
+  $WBC -q compare --data data/splits/pbc.csv --archs mobilenet_v3_small --no-pretrained \
       --epochs 6 --img-size 128 --class-weights --monitor val_accuracy --out $OUT/pbc
   $WBC -q compare --data data/splits/pbc.csv --archs vgg16,resnet50,inception_v3 --no-pretrained \
       --epochs 4 --img-size 96 --max-per-class 250 --class-weights --monitor val_accuracy --out $OUT/pbc-reduced

@@ -73,16 +73,23 @@ def main() -> None:
     lines += section(
         "Kaggle dataset2-master: the papers' protocol (random 70/20/10 of TRAIN+TEST)", RESULTS / "kaggle-random",
         "bash scripts/results.sh kaggle-random",
-        "A random split puts augmented copies of the same source cell into train and test; the figures are inflated.")
+        "A random split puts augmented copies of the same source cell into train and test; the figures are inflated. "
+        "Budget for every row: 6 epochs, at most 1,000 training images per class (augmented copies; every source "
+        "still present), 128 px for the backbones (the papers' CNNs have fixed inputs: 102 and 100 px), the "
+        "epoch with the best validation accuracy kept.")
     lines += section(
         "Kaggle dataset2-master: the honest protocol (train on TRAIN, test on TEST)", RESULTS / "kaggle-honest",
         "bash scripts/results.sh kaggle-honest",
         "TRAIN and TEST come from disjoint source smears (except two twin cells, see the data README); validation "
         "is split off TRAIN by source group (`dataset2_source_map.csv`). The gap to the table above is leakage: "
-        "`wbc audit` and the source map show every TEST source occurring 16–156 times as augmented copies.")
+        "`wbc audit` and the source map show every TEST source occurring 16–156 times as augmented copies. "
+        "Same budget as above.")
     lines += section(
         "PBC, 8 classes, group-aware split after de-duplication", RESULTS / "pbc",
-        "bash scripts/results.sh pbc", "Split: `data/splits/pbc.csv` (70/15/15, duplicates kept together).")
+        "bash scripts/results.sh pbc", "Split: `data/splits/pbc.csv` (70/15/15, exact and near duplicates kept "
+        "together, `wbc split --dedup`). 6 epochs, 128 px for the backbones, class-weighted loss, the epoch with "
+        "the best validation accuracy kept. MobileNetV2 and EfficientNet-Lite0 start from ImageNet weights; "
+        "MobileNetV3-Small has none offline and trains from random weights here.")
     lines += section(
         "PBC, big backbones on a reduced CPU budget", RESULTS / "pbc-reduced", "bash scripts/results.sh pbc",
         "VGG16, ResNet50 and InceptionV3 trained **from random weights** (their ImageNet weights cannot be downloaded "

@@ -42,7 +42,11 @@ def run_compare(base: TrainConfig, archs: list[str], test_data: str, out: str, *
             evaluate(EvalConfig(data=test_data, out=str(run_dir / "eval"), model=str(run_dir), split=test_split,
                                 groups=base.groups, progress=progress))
         rows.append(comparison_row(spec.name, run_dir))
-    write_comparison(rows, out_dir)
+    # models finished by earlier calls into the same folder (e.g. a --no-pretrained group) join the table
+    done = {r["model"] for r in rows}
+    earlier = [comparison_row(d.name, d) for d in sorted(out_dir.iterdir())
+               if d.name not in done and (d / "eval" / "metrics.json").is_file() and (d / "run.json").is_file()]
+    write_comparison(earlier + rows, out_dir)
     return rows
 
 
@@ -55,7 +59,7 @@ def comparison_row(arch: str, run_dir: Path) -> dict:
         "balanced_accuracy": m["balanced_accuracy"], "macro_precision": m.get("macro_precision"),
         "macro_recall": m.get("macro_recall"), "macro_f1": m["macro_f1"], "n_test": m["n_images"],
         "epochs": res.get("epochs_run"), "img_size": cfg.get("img_size") or get_spec(arch).img_size,
-        "pretrained": cfg.get("pretrained"), "max_per_class": cfg.get("max_per_class"),
+        "pretrained": bool(cfg.get("pretrained") and get_spec(arch).pretrained), "max_per_class": cfg.get("max_per_class"),
         "train_seconds": round(res.get("wall_seconds", 0.0)), "n_train": res.get("n_train"),
     }
     for c, pc in m["per_class"].items():
