@@ -82,3 +82,36 @@ def test_split_command_writes_a_manifest(tmp_path, shared):
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert len(rows) == 30 and {r["split"] for r in rows} == {"train", "val", "test"}
     assert all((tmp_path / r["path"]).is_file() for r in rows)
+
+
+def test_preprocess_segment_features_commands(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    assert main(["-q", "preprocess", str(SAMPLES), "--out", str(tmp_path / "pre"),
+                 "--denoise", "median", "--contrast", "clahe", "--stain-norm", "reinhard"]) == 0
+    before = np.asarray(Image.open(SAMPLES / "pbc_neutrophil_SNE_193682.jpg").convert("RGB"))
+    after = np.asarray(Image.open(tmp_path / "pre" / "pbc_neutrophil_SNE_193682.png"))
+    assert after.shape == before.shape and np.abs(after.astype(int) - before).mean() > 1  # really processed
+    assert (tmp_path / "pre" / "contact_sheet.png").stat().st_size > 10_000
+
+    assert main(["-q", "segment", str(SAMPLES), "--out", str(tmp_path / "seg")]) == 0
+    mask = np.asarray(Image.open(tmp_path / "seg" / "pbc_lymphocyte_LY_489582.png"))
+    assert mask.shape == before.shape[:2] and set(np.unique(mask)) == {0, 1, 2}
+    assert (tmp_path / "seg" / "pbc_lymphocyte_LY_489582_overlay.png").exists()
+
+    out = tmp_path / "f.csv"
+    assert main(["-q", "features", str(SAMPLES), "--out", str(out), "--workers", "1"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+    assert len(rows[0]) >= 40 + 3 and float(rows[0]["nucleus_area"]) > 0
+
+
+@pytest.mark.parametrize("command", [["segment"], ["features"], ["preprocess", "--contrast", "clahe"]])
+def test_image_commands_name_unreadable_files(tmp_path, capsys, command):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code = main(["-q", *command, str(bad), str(SAMPLES / "pbc_neutrophil_SNE_193682.jpg"),
+                 "--out", str(tmp_path / "out" / ("f.csv" if command == ["features"] else ""))])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.png" in err and "--skip-bad" in err and "Traceback" not in err

@@ -213,6 +213,78 @@ def cmd_split(args) -> int:
     return 0
 
 
+def cmd_count(args) -> int:
+    from .counting import CountConfig, run_count
+    from .detection import DetectionConfig
+    det = DetectionConfig(tile=args.tile) if args.tile else DetectionConfig()
+    results = run_count(CountConfig(
+        inputs=args.paths, out=args.out, sample_id=args.sample_id, wbc_count=args.wbc_count, model=args.model,
+        ranges=args.ranges, age=args.age, sex=args.sex, review_threshold=args.review_threshold,
+        rbc_px=args.rbc_diameter, min_cells=args.min_cells, precision=args.precision, backend=args.backend,
+        progress=not args.quiet, detection=det))
+    for r in results:
+        d = r.differential
+        pct = ", ".join(f"{k} {v:.0f}%" for k, v in d.percent.items() if v)
+        print(f"{d.sample_id}: {d.n_cells} WBC in {d.n_images} field(s), {d.n_review} for review"
+              + (f"; {pct}" if pct else "") + (f"; flags: {', '.join(d.flags)}" if d.flags else "")
+              + f" -> {r.out_dir / 'report.html'}")
+    return 0
+
+
+def cmd_agreement(args) -> int:
+    from .agreement import run_agreement
+    res = run_agreement(args.reference, args.test, args.out)
+    if res["kind"] == "cells":
+        lo, hi = res["kappa_ci95"]
+        print(f"{res['n']} cells paired: kappa {res['kappa']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
+              f"agreement {res['observed_agreement']:.3f} -> {Path(args.out) / 'report.html'}")
+    else:
+        parts = [f"{t} bias {res['per_type'][t]['bland_altman']['bias']:+.1f}" for t in res["types"]]
+        print(f"{res['n_samples']} samples: {', '.join(parts)} -> {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_preprocess(args) -> int:
+    from .enhancement import preprocess_files
+    opts = _preprocess_options(args)
+    opts.pop("crop", None)
+    if not any(opts.get(k) for k in ("denoise", "contrast", "stain_norm")):
+        raise WbcError("nothing to do: choose at least one of --denoise, --contrast, --stain-norm")
+    written = preprocess_files(args.paths, args.out, opts, stain_reference=args.stain_reference,
+                               skip_bad=args.skip_bad)  # default: fail naming the unreadable files
+    print(f"wrote {len(written)} image(s) and contact_sheet.png -> {args.out}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .segmentation import segment_files
+    from .errors import BadImageError, BadImagesError
+    s = segment_files(args.paths, args.out, progress=not args.quiet)
+    if s["unreadable"] and not args.skip_bad:  # the readable images are written; name the others
+        raise BadImagesError([BadImageError(*m.split(": ", 1)) for m in s["unreadable"]])
+    print(f"{s['segmented']}/{s['images']} image(s) with a WBC, {s['cells']} cell(s), "
+          f"{len(s['unreadable'])} unreadable, {s['ms_per_image']} ms/image -> {s['csv']}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from .features import extract_features_to_csv
+    from .data import handle_bad, image_files, load_image
+    from .errors import BadImageError
+    if not args.skip_bad:  # fail before the (long) extraction, naming the unreadable files
+        bad = []
+        for f in image_files(args.paths):
+            try:
+                load_image(f)
+            except BadImageError as exc:
+                bad.append(exc)
+        handle_bad(bad, skip_bad=False)
+    s = extract_features_to_csv(args.paths, args.out, workers=args.workers, progress=not args.quiet)
+    print(f"{s['ok']}/{s['images']} image(s) measured ({s['features']} features), {s['no_cell_found']} with no cell "
+          f"found, {s['unreadable']} unreadable, {s['cells_per_second']} images/s -> {s['csv']}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_model
     out = export_model(args.model, args.out, args.format, half=args.half)
@@ -279,6 +351,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--out", required=True, help="manifest CSV to write")
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("count", help="find, classify and count every WBC in smear fields: the differential")
+    p.add_argument("paths", nargs="+", help="smear field images or folders (a folder is a sample; sub-folders "
+                   "holding images are samples too)")
+    g = p.add_argument_group("Sample")
+    g.add_argument("--sample-id", default=None, help="count all inputs as one sample of this name "
+                   "(default: one sample per folder)")
+    g.add_argument("--wbc-count", type=float, default=None,
+                   help="total WBC count in 10^9/L, for absolute counts (default: none, percentages only)")
+    g.add_argument("--age", type=float, default=None, help="patient age in years, selects the reference band "
+                   "(default: the adult band)")
+    g.add_argument("--sex", choices=["male", "female"], default=None, help="selects sex-specific bands if the "
+                   "ranges file has them (default: none)")
+    g.add_argument("--ranges", default=None, help="lab reference ranges, JSON or CSV, see docs/reference_ranges.md "
+                   "(default: bundled adult ranges)")
+    _add_model(p)
+    a = p.add_argument_group("Algorithm")
+    a.add_argument("--review-threshold", type=float, default=None, help="cells below this calibrated confidence "
+                   "are marked for review (default: the model's own, else 0.7)")
+    a.add_argument("--rbc-diameter", type=float, default=None, help="red-cell diameter in pixels, i.e. the "
+                   "magnification (default: measured and pooled per sample)")
+    a.add_argument("--min-cells", type=int, default=100, help="fewer leukocytes raise the too_few_cells flag "
+                   "(default: 100)")
+    a.add_argument("--tile", type=int, default=None, help="tile side in analysis pixels for large images "
+                   "(default: 1024)")
+    o = p.add_argument_group("Output")
+    o.add_argument("--out", required=True, help="output folder: cells.csv, differential.json, annotated/, "
+                   "report.html (one sub-folder per sample when there are several)")
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("agreement", help="agreement of a test differential with a reference (kappa, Bland-Altman)")
+    p.add_argument("--reference", required=True, help="reference CSV: per cell (image,label[,cell_id][,box]) "
+                   "or per sample (sample_id + one column per type)")
+    p.add_argument("--test", required=True, help="test CSV of the same kind, e.g. cells.csv or samples.csv "
+                   "of wbc count")
+    p.add_argument("--out", required=True, help="output folder: agreement.json, plots, report.html")
+    p.set_defaults(func=cmd_agreement)
+
+    p = sub.add_parser("preprocess", help="denoise / enhance contrast / normalise stain; writes a contact sheet")
+    p.add_argument("paths", nargs="+", help="images or folders")
+    p.add_argument("--out", required=True, help="output folder: <stem>.png and contact_sheet.png")
+    p.add_argument("--denoise", default=None, help="median | gaussian | bilateral | nlmeans (default: none)")
+    p.add_argument("--contrast", default=None, help="clahe | histeq on luminance (default: none)")
+    p.add_argument("--stain-norm", default=None, help="reinhard | macenko (default: none)")
+    p.add_argument("--stain-reference", default=None, help="reference image for --stain-norm (default: built-in)")
+    _add_input_checks(p)
+    p.set_defaults(func=cmd_preprocess, crop=None)
+
+    p = sub.add_parser("segment", help="label WBC nucleus and cytoplasm in cell crops or smear fields")
+    p.add_argument("paths", nargs="+", help="images or folders")
+    p.add_argument("--out", required=True, help="output folder: <stem>.png label mask (0 background, "
+                   "1 cytoplasm, 2 nucleus), <stem>_overlay.png, segmentation.csv")
+    _add_input_checks(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("features", help="handcrafted shape/texture/colour features, one CSV row per cell")
+    p.add_argument("paths", nargs="+", help="images or folders (class sub-folders fill the label column)")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    _add_input_checks(p)
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("export", help="write a trained model in another format")
     p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")

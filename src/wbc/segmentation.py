@@ -13,14 +13,17 @@ Method (classical; see docs/decisions/0004-segmentation-method.md):
    May-Grünwald-Giemsa) colour chromatin blue-purple: it absorbs red light and lets blue
    through, whereas red cells (eosin) absorb blue and green. ``h`` is high on nuclei,
    about zero on plasma and negative on red cells, in every dataset tried.
-3. **Nucleus** = ``h`` above a per-image three-class Otsu threshold (Otsu 1979; Liao et
-   al. 2001) with a floor; nucleus fragments (neutrophil lobes) closer than a fraction of
-   their own size are grouped into one cell; groups much smaller than the largest, or
-   smaller than a platelet-sized floor, are dropped.
-4. **Cell** by marker-controlled watershed (Beucher & Meyer 1993) on the density
-   gradient: one marker per nucleus group, one "not a WBC" marker on plasma, on red-cell
-   cores and beyond a size-relative distance from every nucleus. Touching WBCs are split
-   where their basins meet.
+3. **Nucleus seeds** = ``h`` above a per-image three-class Otsu threshold (Otsu 1979; Liao
+   et al. 2001) with a floor; fragments (neutrophil lobes) closer than a fraction of their own
+   size are grouped into one cell; groups much smaller than the largest, or smaller than a
+   platelet-sized floor, are dropped.
+4. **Cytoplasm** = pixels within one nucleus radius of a nucleus that are faintly blue-purple
+   (``h`` above the plasma's own noise) or eosinophilic (``OD_green - OD_red`` above the red
+   cells'). Touching cells are split by a marker-controlled watershed (Beucher & Meyer 1993)
+   on the distance to each nucleus in units of its radius; halves of one cell are merged back;
+   red cells stuck on through a narrow neck are cut off by a distance-transform watershed.
+5. **Nucleus vs cytoplasm** inside each cell: green optical density above the cell's own
+   Otsu threshold (chromatin absorbs green strongly and evenly).
 
 >>> import numpy as np
 >>> seg = segment_cells(np.full((64, 64, 3), 230, np.uint8))
@@ -537,7 +540,7 @@ def segment_files(inputs: Iterable[str | Path], out_dir: str | Path, config: Seg
     """
     import time
 
-    from tqdm.auto import tqdm
+    from .progress import progress as _bar
 
     from .data import image_files, load_image
     from .enhancement import _unique_names
@@ -551,7 +554,7 @@ def segment_files(inputs: Iterable[str | Path], out_dir: str | Path, config: Seg
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, unreadable, no_wbc = [], [], []
     t0 = time.perf_counter()
-    for path, name in tqdm(list(zip(paths, _unique_names(paths))), disable=not progress, desc="segmenting",
+    for path, name in _bar(list(zip(paths, _unique_names(paths))), enabled=progress, desc="segmenting",
                            unit="img"):
         try:
             rgb = np.asarray(load_image(path), dtype=np.uint8)
@@ -644,7 +647,7 @@ def evaluate_on_voc(annotations_dir: str | Path, images_dir: str | Path, *, iou_
     * ``precision`` / ``recall`` / ``f1`` of all segmented WBCs against all WBC boxes on all
       fields (one-to-one matching at the IoU threshold).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress as _bar
 
     from .data import load_image
 
@@ -655,7 +658,7 @@ def evaluate_on_voc(annotations_dir: str | Path, images_dir: str | Path, *, iou_
     single = hits = exact = tp = n_pred = n_true = 0
     ious: list[float] = []
     failures: list[dict] = []
-    for xml in tqdm(xmls, disable=not progress, desc="segmenting", unit="field"):
+    for xml in _bar(xmls, enabled=progress, desc="segmenting", unit="field"):
         truth = _read_voc_boxes(xml)
         img_path = images_dir / (xml.stem + ".jpg")
         if not img_path.is_file():
