@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every table of docs/results.md (hours on 2 CPU cores; resumable: finished models are reused).
-# Usage: bash scripts/results.sh [STEP...]   steps: splits default kaggle-random kaggle-honest pbc
+# Usage: bash scripts/results.sh [STEP...]
+#   steps: splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WBC=${WBC:-.venv/bin/wbc}
@@ -8,7 +9,8 @@ D=../shared/data
 K=$D/blood-cells/dataset2-master/dataset2-master/images
 MAP=$D/blood-cells/provenance/dataset2_source_map.csv
 OUT=${OUT:-results}
-steps=${*:-"splits default kaggle-random kaggle-honest pbc"}
+steps=${*:-"splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement"}
+CLASSICAL=svm,random-forest,knn,mlp,naive-bayes,logistic-regression
 
 for step in $steps; do case $step in
 splits)  # committed split files (re-running reproduces them exactly)
@@ -20,6 +22,7 @@ default)  # the bundled model: PBC + Kaggle TRAIN, evaluated once on the held-ou
       --arch mobilenet_v2 --img-size 160 --crop 0.7 --lr 3e-4 --epochs 8 --patience 8 --class-weights \
       --max-per-class 1500 --out runs/default
   $WBC export --model runs/default --half --out src/wbc/assets/default_model.safetensors
+  mkdir -p $OUT/default && cp runs/default/run.json runs/default/history.csv runs/default/curves.png $OUT/default/
   $WBC -q evaluate --model src/wbc/assets/default_model.safetensors --data data/splits/pbc.csv --out $OUT/default/pbc-test
   $WBC -q evaluate --model src/wbc/assets/default_model.safetensors --data data/splits/kaggle.csv --groups $MAP --out $OUT/default/kaggle-test
   ;;
@@ -38,6 +41,19 @@ pbc)  # PBC 8 classes, group-aware split after de-duplication; big backbones on 
       --epochs 6 --img-size 128 --class-weights --monitor val_accuracy --out $OUT/pbc
   $WBC -q compare --data data/splits/pbc.csv --archs vgg16,resnet50,inception_v3 --no-pretrained \
       --epochs 4 --img-size 96 --max-per-class 250 --class-weights --monitor val_accuracy --out $OUT/pbc-reduced
+  ;;
+classical)  # handcrafted features + scikit-learn, side by side with the CNN rows (same splits, same folders)
+  $WBC -q compare --data data/splits/pbc.csv --archs $CLASSICAL --out $OUT/pbc
+  $WBC -q compare --data data/splits/kaggle.csv --groups $MAP --archs $CLASSICAL --max-per-class 1000 --out $OUT/kaggle-honest
+  ;;
+segmentation)  # BCCD fields with exactly one annotated WBC: IoU of the segmented WBC with the box
+  .venv/bin/python scripts/bccd_eval.py segmentation --out $OUT
+  ;;
+detection)  # all 364 annotated BCCD fields: WBC detection precision/recall at IoU >= 0.5
+  .venv/bin/python scripts/bccd_eval.py detection --out $OUT
+  ;;
+agreement)  # wbc count vs the per-image labels of BCCD, on fields whose source cell no model trained on
+  .venv/bin/python scripts/bccd_eval.py agreement --out $OUT
   ;;
 *) echo "unknown step $step" >&2; exit 2;;
 esac; done

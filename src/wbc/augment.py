@@ -23,6 +23,50 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     channel_gain: float = 0.05  # per-channel gain, a cheap stand-in for stain variation
+    hed: float = 0.0  # stain jitter in haematoxylin-eosin-DAB space (Tellez et al. 2018), e.g. 0.05
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.5-1.5 px): focus differences
+    free_rotation: bool = False  # any angle instead of rot90 + small angle
+
+
+#: Named recipes for ``wbc train --augment`` (measured against each other in docs/decisions/0011-domain-robustness.md).
+PRESETS: dict[str, AugmentConfig] = {
+    "standard": AugmentConfig(),
+    "stain": AugmentConfig(scale=(0.8, 1.25), translate=0.08, brightness=0.25, contrast=0.25, saturation=0.25,
+                           channel_gain=0.05, hed=0.05, blur=0.3, free_rotation=True),
+}
+
+# Ruifrok & Johnston (2001) stain vectors, as in skimage.color.hed_from_rgb
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def hed_jitter(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """Scale and shift each stain's optical density by ``1 +/- sigma`` and ``+/- sigma`` per image."""
+    b = x.shape[0]
+    od = -torch.log(x.clamp(min=1e-3))  # (B, 3, H, W)
+    hed = torch.einsum("bchw,cd->bdhw", od, _HED_FROM_RGB)
+    alpha = 1 + (torch.rand(b, 3, 1, 1, generator=generator) * 2 - 1) * sigma
+    beta = (torch.rand(b, 3, 1, 1, generator=generator) * 2 - 1) * sigma
+    od = torch.einsum("bdhw,dc->bchw", hed * alpha + beta, _RGB_FROM_HED)
+    return torch.exp(-od).clamp_(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Blur a random share ``p`` of the batch with sigma uniform in [0.5, 1.5] px."""
+    pick = torch.rand(x.shape[0], generator=generator) < p
+    if not bool(pick.any()):
+        return x
+    sigma = 0.5 + torch.rand(1, generator=generator).item()
+    r = torch.arange(-3, 4, dtype=x.dtype)
+    k = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    k = k / k.sum()
+    sub = x[pick]
+    c = sub.shape[1]
+    sub = F.conv2d(F.pad(sub, (3, 3, 0, 0), mode="reflect"), k.view(1, 1, 1, 7).repeat(c, 1, 1, 1), groups=c)
+    sub = F.conv2d(F.pad(sub, (0, 0, 3, 3), mode="reflect"), k.view(1, 1, 7, 1).repeat(c, 1, 1, 1), groups=c)
+    x = x.clone()
+    x[pick] = sub
+    return x
 
 
 def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
@@ -44,7 +88,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
     # dihedral group: rot90 k times then optional flip, composed into the affine matrix
     k = torch.randint(0, 4, (b,), generator=generator).float()
     flip = (u(b) < 0.5).float() * 2 - 1
-    angle = k * (math.pi / 2) + (u(b) * 2 - 1) * math.radians(cfg.rotation)
+    angle = (u(b) * 2 * math.pi if cfg.free_rotation
+             else k * (math.pi / 2) + (u(b) * 2 - 1) * math.radians(cfg.rotation))
     scale = cfg.scale[0] + u(b) * (cfg.scale[1] - cfg.scale[0])
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(b, 2, 3)
@@ -61,4 +106,9 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = (x - gray) * (1 + (u(b, 1, 1, 1) * 2 - 1) * cfg.saturation) + gray
     x = x * (1 + (u(b, 3, 1, 1) * 2 - 1) * cfg.channel_gain)
-    return x.clamp_(0, 1).contiguous(memory_format=torch.channels_last)
+    x = x.clamp_(0, 1)
+    if cfg.hed:
+        x = hed_jitter(x, cfg.hed, generator)
+    if cfg.blur:
+        x = gaussian_blur(x, cfg.blur, generator)
+    return x.contiguous(memory_format=torch.channels_last)

@@ -80,6 +80,10 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
     t.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
                    help="validation figure that picks the kept checkpoint and drives early stopping (default: val_loss)")
     t.add_argument("--no-augment", action="store_true", help="no rotation/flip/colour augmentation")
+    t.add_argument("--augment", default="standard", choices=["standard", "stain"],
+                   help="augmentation recipe; 'stain' adds free rotation, scale, HED stain jitter and blur "
+                   "(default: standard)")
+    t.add_argument("--label-smoothing", type=float, default=0.0, help="(default: 0)")
     h = p.add_argument_group("Hardware")
     h.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="(default: auto)")
     h.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -95,6 +99,7 @@ def _train_config(args, arch: str, out: str):
         pretrained=not args.no_pretrained, class_weights=args.class_weights, patience=args.patience, monitor=args.monitor,
         precision=args.precision, max_per_class=args.max_per_class, skip_bad=args.skip_bad,
         resume=getattr(args, "resume", False), augment=not args.no_augment, threads=args.threads,
+        augment_preset=args.augment, label_smoothing=args.label_smoothing,
         preprocess=_preprocess_options(args), progress=not args.quiet)
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .progress import progress as progress_bar
 
 from . import cpu
-from .augment import AugmentConfig, augment, normalise, to_float
+from .augment import PRESETS, augment, normalise, to_float
 from .calibration import fit_temperature
 from .classes import PBC_CLASSES
 from .data import Dataset, ImageRecord, discover
@@ -66,6 +66,8 @@ class TrainConfig:
     skip_bad: bool = False
     resume: bool = False
     augment: bool = True
+    augment_preset: str = "standard"  # a key of wbc.augment.PRESETS
+    label_smoothing: float = 0.0
     threads: int | None = None
     preprocess: dict = field(default_factory=dict)  # denoise/contrast/stain_norm options
     progress: bool = True
@@ -244,7 +246,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.class_weights:
         counts = torch.bincount(y_train, minlength=len(classes)).float().clamp(min=1)
         weight = counts.sum() / (len(classes) * counts)
-    aug_cfg = AugmentConfig()
+    if cfg.augment_preset not in PRESETS:
+        raise WbcError(f"unknown augmentation {cfg.augment_preset!r}; choose one of {', '.join(PRESETS)}")
+    aug_cfg = PRESETS[cfg.augment_preset]
     history: list[dict] = []
     best = {"val_loss": float("inf"), "epoch": -1, "val_accuracy": 0.0}
     start_epoch = 0
@@ -278,7 +282,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             y = y_train[idx]
             with cpu.autocast(cfg.precision):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=weight)
+            loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SAMPLES
+from wbc.augment import PRESETS, AugmentConfig, augment, gaussian_blur, hed_jitter
+
+
+def _cells() -> torch.Tensor:
+    imgs = [np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in sorted(SAMPLES.glob("pbc_*.jpg"))[:4]]
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+
+
+def test_hed_jitter_zero_is_identity_and_sigma_changes_stain():
+    x = _cells()
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(hed_jitter(x, 0.0, g), x.clamp(min=1e-3), atol=1e-4)
+    y = hed_jitter(x, 0.1, g)
+    assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+    assert 0.005 < (y - x).abs().mean() < 0.2  # a stain change, not noise
+
+
+def test_blur_smooths_only_picked_images():
+    x = _cells()
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(gaussian_blur(x, 0.0, g), x)
+    y = gaussian_blur(x, 1.0, g)
+    grad = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
+    assert grad(y) < 0.8 * grad(x)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_keep_shape_range_and_are_seeded(name):
+    x = _cells()
+    a = augment(x, PRESETS[name], torch.Generator().manual_seed(1))
+    b = augment(x, PRESETS[name], torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and 0 <= float(a.min()) and float(a.max()) <= 1
+
+
+def test_free_rotation_uses_any_angle():
+    x = _cells()
+    cfg = AugmentConfig(free_rotation=True, scale=(1, 1), translate=0, brightness=0, contrast=0, saturation=0,
+                        channel_gain=0)
+    outs = [augment(x[:1], cfg, torch.Generator().manual_seed(s)) for s in range(6)]
+    assert len({round(float(o.sum()), 2) for o in outs}) == 6
