@@ -22,6 +22,9 @@ default)  # the bundled model: PBC + Kaggle TRAIN, evaluated once on the held-ou
       --arch mobilenet_v2 --img-size 160 --crop 0.7 --lr 3e-4 --epochs 8 --patience 8 --class-weights \
       --max-per-class 1500 --out runs/default
   $WBC export --model runs/default --half --out src/wbc/assets/default_model.safetensors
+  # review threshold: the kept cells >= 95 % correct on the validation splits of both sources (docs/decisions/0011)
+  $WBC -q calibrate --model src/wbc/assets/default_model.safetensors --data data/splits/pbc.csv \
+      --data data/splits/kaggle.csv --target-accuracy 0.95 --out src/wbc/assets/default_model.safetensors
   mkdir -p $OUT/default && cp runs/default/run.json runs/default/history.csv runs/default/curves.png $OUT/default/
   $WBC -q evaluate --model src/wbc/assets/default_model.safetensors --data data/splits/pbc.csv --out $OUT/default/pbc-test
   $WBC -q evaluate --model src/wbc/assets/default_model.safetensors --data data/splits/kaggle.csv --groups $MAP --out $OUT/default/kaggle-test

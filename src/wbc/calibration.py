@@ -1,8 +1,11 @@
 """Confidence calibration: temperature scaling (Guo et al., "On Calibration of Modern
-Neural Networks", ICML 2017)."""
+Neural Networks", ICML 2017) and the review threshold chosen on validation data."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,3 +30,88 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     opt.step(closure)
     return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def review_threshold_for(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float = 0.98) -> float:
+    """Lowest confidence threshold at which the cells kept (confidence >= threshold) are at least
+    ``target_accuracy`` correct; the cells below it go to review.
+
+    >>> review_threshold_for(np.array([0.99, 0.9, 0.8, 0.6]), np.array([1, 1, 0, 1]), 0.9)
+    0.9
+    """
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, bool)
+    if confidence.shape != correct.shape or confidence.ndim != 1 or not len(confidence):
+        raise ValueError(f"confidence {confidence.shape} and correct {correct.shape} must be equal, 1-D, non-empty")
+    if not 0 < target_accuracy <= 1:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+    order = np.argsort(-confidence, kind="stable")
+    acc = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    ok = np.flatnonzero(acc >= target_accuracy)
+    if not len(ok):
+        return 1.0
+    k = ok[-1]  # keep the most cells while the kept ones stay accurate enough
+    return float(confidence[order[k]])
+
+
+def coverage_at(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
+    """Share of cells kept (not sent to review) at ``threshold`` and the accuracy of the kept and reviewed ones."""
+    keep = np.asarray(confidence) >= threshold
+    correct = np.asarray(correct, bool)
+    return {"threshold": float(threshold), "n": int(len(keep)), "review_share": float(1 - keep.mean()),
+            "accuracy_kept": float(correct[keep].mean()) if keep.any() else None,
+            "accuracy_reviewed": float(correct[~keep].mean()) if (~keep).any() else None,
+            "accuracy_all": float(correct.mean())}
+
+
+def calibrate_model(model: str | Path | None, data: list[str], out: str | Path, *, split: str | None = "val",
+                    groups: str | None = None, target_accuracy: float = 0.98, refit_temperature: bool = True,
+                    progress: bool = True) -> dict:
+    """Fit the temperature and choose the review threshold on labelled (validation) data; write a new model file.
+
+    The threshold is the lowest calibrated confidence at which the cells kept are ``target_accuracy``
+    correct on ``data`` (all the model's classes competing, no restriction). Weights are unchanged
+    (fp16 stays fp16).
+
+    Raises:
+        WbcError: a classical or ONNX model, unknown classes, or no images in the split.
+    """
+    from safetensors import safe_open
+
+    from .data import discover
+    from .errors import WbcError
+    from .evaluation import evaluation_records, predict_records
+    from .inference import Predictor
+    from .modelio import load_model, resolve_model_path, save_model
+
+    path = resolve_model_path(model)
+    if path.suffix != ".safetensors":
+        raise WbcError(f"{path}: calibrate works on neural .safetensors models")
+    predictor = Predictor(path)
+    records = []
+    for d in data:
+        recs, _ = evaluation_records(discover(d, groups), split)
+        records += recs
+    if not records:
+        raise WbcError(f"no labelled images in {', '.join(data)} (split {split})")
+    unknown = sorted({r.label for r in records} - set(predictor.classes))
+    if unknown:
+        raise WbcError(f"classes {unknown} are not classes of the model {path} ({predictor.classes})")
+    records, probs = predict_records(predictor, records, skip_bad=False, progress=progress)
+    labels = torch.tensor([predictor.classes.index(r.label) for r in records])
+    t_old = predictor.info.temperature
+    logits = torch.from_numpy(t_old * np.log(np.clip(probs, 1e-12, 1)))  # logits up to a per-row constant
+    t_new = fit_temperature(logits, labels) if refit_temperature else t_old
+    p = F.softmax(logits / t_new, dim=1).numpy()
+    conf, correct = p.max(1), p.argmax(1) == labels.numpy()
+    thr = review_threshold_for(conf, correct, target_accuracy)
+    summary = {"data": [str(d) for d in data], "split": split, "temperature_before": t_old, "temperature": t_new,
+               "target_accuracy": target_accuracy, **coverage_at(conf, correct, thr)}
+    net, info = load_model(path)
+    with safe_open(str(path), framework="pt") as fh:
+        half = any(fh.get_slice(k).get_dtype() == "F16" for k in list(fh.keys())[:5])
+    info.temperature, info.review_threshold = t_new, thr
+    info.training = {**info.training, "calibration": summary}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(out, net, info, half=half)
+    return summary

@@ -290,6 +290,17 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .calibration import calibrate_model
+    s = calibrate_model(args.model, args.data, args.out, split=args.split or None, groups=args.groups,
+                        target_accuracy=args.target_accuracy, refit_temperature=not args.keep_temperature,
+                        progress=not args.quiet)
+    print(f"temperature {s['temperature_before']:.3f} -> {s['temperature']:.3f}; review threshold "
+          f"{s['threshold']:.3f}: {100 * s['review_share']:.1f} % of {s['n']} cells to review, "
+          f"{100 * s['accuracy_kept']:.1f} % of the rest correct -> {args.out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_model
     out = export_model(args.model, args.out, args.format, half=args.half)
@@ -417,6 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     _add_input_checks(p)
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("calibrate", help="fit temperature and the review threshold on validation data")
+    p.add_argument("--model", "-m", default=None, help="run folder or .safetensors model (default: the bundled model)")
+    p.add_argument("--data", action="append", required=True, help="labelled validation data; repeat to combine")
+    p.add_argument("--split", default="val", help="split of a manifest to use; '' for all images (default: val)")
+    p.add_argument("--groups", default=None, help="CSV mapping images to groups (default: none)")
+    p.add_argument("--target-accuracy", type=float, default=0.98,
+                   help="accuracy the cells kept out of review must reach on this data (default: 0.98)")
+    p.add_argument("--keep-temperature", action="store_true", help="only choose the threshold (default: refit)")
+    p.add_argument("--out", required=True, help="model file to write (may be the input file)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write a trained model in another format")
     p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import plots
 from .classes import display_name
+from .calibration import coverage_at
 from .data import Dataset, ImageRecord, discover, handle_bad
 from .errors import BadImageError, WbcError
 from .inference import Classifier, load_predictor
@@ -118,6 +119,9 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
                                for i in wrong], out / "misclassified.png")
     cov, acc, thr = coverage_curve(y, probs)
     metrics["coverage_at_accuracy"] = _coverage_table(cov, acc, thr)
+    threshold = getattr(predictor.info, "review_threshold", None)
+    if threshold is not None:  # what the model's own review threshold does on this data
+        metrics["review"] = coverage_at(probs.max(1), y == pred, threshold)
     write_json(out / "metrics.json", metrics)
     sections = []
     if restricted:
@@ -138,6 +142,8 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
                               f"{predictor.info.temperature:.3f})"),
         image_section("Accuracy vs coverage (least confident sent to review)", out / "coverage.png"),
         table_section("Coverage needed for a target accuracy", metrics["coverage_at_accuracy"]),
+        *([table_section("The model's review threshold on this data", [metrics["review"]])] if "review" in metrics
+          else []),
         image_section(f"Misclassified examples ({len(wrong)}, most confident first)", out / "misclassified.png"),
     ]
     extra = getattr(predictor, "report_sections", None)
