@@ -42,7 +42,10 @@ pbc)  # PBC 8 classes, group-aware split after de-duplication; big backbones on 
       --epochs 6 --img-size 128 --class-weights --monitor val_accuracy --out $OUT/pbc
   $WBC -q compare --data data/splits/pbc.csv --archs mobilenet_v3_small --no-pretrained \
       --epochs 6 --img-size 128 --class-weights --monitor val_accuracy --out $OUT/pbc
-  $WBC -q compare --data data/splits/pbc.csv --archs vgg16,resnet50,inception_v3 --no-pretrained \
+  $WBC -q compare --data data/splits/pbc.csv --archs resnet50,inception_v3 --no-pretrained \
+      --epochs 4 --img-size 96 --max-per-class 250 --class-weights --monitor val_accuracy --out $OUT/pbc-reduced
+  # VGG16 has no BatchNorm: from random weights it stays at chance with lr 1e-3 (measured), so 1e-4
+  $WBC -q compare --data data/splits/pbc.csv --archs vgg16 --no-pretrained --lr 1e-4 \
       --epochs 4 --img-size 96 --max-per-class 250 --class-weights --monitor val_accuracy --out $OUT/pbc-reduced
   ;;
 classical)  # handcrafted features + scikit-learn, side by side with the CNN rows (same splits, same folders)
