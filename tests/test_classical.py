@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -114,3 +115,13 @@ def test_loading_refuses_untrusted_types(tmp_path):
     junk.write_bytes(b"not a zip")
     with pytest.raises(WbcError, match="not a readable"):
         load_classical(junk)
+
+
+def test_evaluate_report_shows_feature_importances(trained, tmp_path):
+    from wbc.evaluation import EvalConfig, evaluate
+    data, run, _ = trained
+    evaluate(EvalConfig(data=str(data), out=str(tmp_path / "ev"), model=str(run), progress=False))
+    rows = list(csv.DictReader((tmp_path / "ev" / "importances.csv").open()))
+    assert len(rows) == len(FEATURE_NAMES) and float(rows[0]["importance"]) >= float(rows[-1]["importance"])
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "Feature importances" in html and rows[0]["feature"] in html

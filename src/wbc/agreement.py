@@ -420,10 +420,10 @@ def sample_agreement(ref: dict[str, dict[str, float]], test: dict[str, dict[str,
 
 def plot_bland_altman(result: dict[str, Any], path: Path) -> Path:
     """One Bland-Altman panel (difference vs mean, bias and limits) and one scatter panel per cell type."""
-    from .plots import _figure, _save
+    from .plots import new_figure, save_png
 
     types = result["types"]
-    fig = _figure(8.5, 2.8 * len(types))
+    fig = new_figure(8.5, 2.8 * len(types))
     axes = fig.subplots(len(types), 2, squeeze=False)
     for (ax_ba, ax_sc), c in zip(axes, types):
         r = result["per_type"][c]
@@ -453,7 +453,7 @@ def plot_bland_altman(result: dict[str, Any], path: Path) -> Path:
         ax_sc.set_xlabel("reference (%)")
         ax_sc.set_ylabel("test (%)")
         ax_sc.legend(fontsize=7, loc="upper left")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _fmt_ci(ci) -> str | None:

@@ -256,6 +256,10 @@ class ClassicalPredictor:
         from .features import extract_matrix
         return extract_matrix(paths, self.feature_config, workers=self.workers, progress=progress)
 
+    def report_sections(self, labels: list[str], out: Path) -> list:
+        """Extra sections of the evaluation report: feature importances on the evaluated cells."""
+        return importance_sections(self, labels, Path(out))
+
     def predict_paths(self, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
                       bad: list[BadImageError] | None = None) -> Iterator[tuple[Path, np.ndarray]]:
         """Yield ``(path, probabilities)`` per readable image; unreadable ones go to ``bad`` (or raise)."""
@@ -277,6 +281,28 @@ class ClassicalPredictor:
         probs = self.predict_features(self.last_features)
         for i, p in zip(keep, probs):
             yield paths[i], p
+
+
+def importance_sections(predictor: "ClassicalPredictor", labels: list[str], out: Path, top: int = 20) -> list:
+    """Report sections for ``wbc evaluate``: permutation importances of the features just predicted.
+
+    Writes ``out/importances.csv`` (every feature) and ``out/importances.png`` (the ``top`` ones).
+    """
+    from .io import write_csv
+    from .plots import plot_importances
+    from .report import image_section, table_section
+
+    rows = permutation_importances(predictor, None, labels)
+    if not rows:
+        return []
+    write_csv(out / "importances.csv", rows, ["feature", "region", "importance", "std"])
+    plot_importances(rows[:top], out / "importances.png")
+    text = ("Accuracy lost when one feature is shuffled (permutation importance, Breiman 2001; 3 repeats on up "
+            "to 1,000 of the evaluated cells). Correlated features share their importance, so a low value does "
+            "not mean a feature is useless. All features: importances.csv.")
+    return [image_section(f"Feature importances (top {min(top, len(rows))})", out / "importances.png"),
+            table_section("Most important features", [{**r, "importance": round(r["importance"], 4),
+                                                       "std": round(r["std"], 4)} for r in rows[:top]], text=text)]
 
 
 def permutation_importances(predictor: ClassicalPredictor, X: np.ndarray | None, y, *, n_repeats: int = 3,

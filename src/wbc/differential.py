@@ -214,9 +214,9 @@ def _add_flags(d: Differential, band: RangeBand, min_cells: int) -> None:
 
 def plot_differential(d: Differential, path: str | Path) -> Path:
     """Bar chart of the percentages with their 95 % intervals and reference intervals (shaded), plus a pie."""
-    from .plots import _figure, _save  # the project's Agg-figure and atomic-PNG helpers
+    from .plots import new_figure, save_png  # the project's Agg-figure and atomic-PNG helpers
 
-    fig = _figure(9.5, 4.2)
+    fig = new_figure(9.5, 4.2)
     ax, ax_pie = fig.subplots(1, 2, width_ratios=[1.7, 1])
     names = [display_name(c) for c in LEUKOCYTES]
     values = [d.percent[c] or 0.0 for c in LEUKOCYTES]
@@ -245,7 +245,7 @@ def plot_differential(d: Differential, path: str | Path) -> Path:
         ax_pie.text(0.5, 0.5, "no leukocytes", ha="center", va="center")
         ax_pie.set_axis_off()
     ax_pie.set_title("Composition")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 #: One colour per type (Okabe-Ito palette, distinguishable with colour-vision deficiency).

@@ -148,7 +148,7 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
     ]
     extra = getattr(predictor, "report_sections", None)
     if extra is not None:
-        sections += extra(records, y, classes)
+        sections += extra([classes[i] for i in y], out)
     write_html_report(out / "report.html", f"Evaluation: {predictor.info.arch} on {Path(cfg.data).name}", sections)
     return metrics
 

@@ -30,13 +30,13 @@ DPI = 110
 _STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "x"), ("-.", "*"), (":", "P")]
 
 
-def _figure(width: float, height: float, **kwargs: Any) -> Figure:
+def new_figure(width: float, height: float, **kwargs: Any) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained", **kwargs)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_png(fig: Figure, path: str | Path) -> Path:
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=DPI)
     return Path(path)
@@ -61,7 +61,7 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Pa
     shade = frac if normalize else cm.astype(float)
     vmax = 1.0 if normalize else max(float(shade.max()), 1.0)
     size = 2.5 + 0.75 * n
-    fig = _figure(size + 1.0, size)
+    fig = new_figure(size + 1.0, size)
     ax = fig.add_subplot()
     im = ax.imshow(shade, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "count")
@@ -78,7 +78,7 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Pa
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     ax.set_title("Confusion matrix (count and % of true class)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
@@ -86,7 +86,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     y, p = np.asarray(y_true), np.asarray(probs, dtype=float)
     if p.ndim != 2 or p.shape != (len(y), len(classes)):
         raise ValueError(f"probs must have shape ({len(y)}, {len(classes)}), got {p.shape}")
-    fig = _figure(6.5, 5.5)
+    fig = new_figure(6.5, 5.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls=":", label="chance (AUC 0.5)")
     aucs, skipped = [], []
@@ -107,7 +107,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
         ax.plot([], [], " ", label=f"{name}: no ROC (absent or alone in data)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _as_float(value: Any) -> float:
@@ -133,7 +133,7 @@ def plot_history(history_rows: Sequence[Mapping[str, Any]], path: str | Path) ->
     if not any(panels.values()):
         raise ValueError(f"history has no loss or accuracy columns, got columns {columns}")
     x = np.array([_as_float(r.get("epoch", i + 1)) for i, r in enumerate(history_rows)])
-    fig = _figure(10, 4)
+    fig = new_figure(10, 4)
     for ax, (title, cols) in zip(fig.subplots(1, 2), panels.items()):
         for col, (_, marker) in zip(cols, cycle(_STYLES)):
             ls = "--" if "val" in col.lower() else "-"
@@ -144,7 +144,7 @@ def plot_history(history_rows: Sequence[Mapping[str, Any]], path: str | Path) ->
             ax.text(0.5, 0.5, f"no {title.lower()} recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=title, xlabel="epoch", ylabel=title.lower())
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = 15) -> Path:
@@ -153,7 +153,7 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, n_
     ece = expected_calibration_error(y_true, probs, n_bins)
     edges = np.linspace(0, 1, n_bins + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, 1 / n_bins
-    fig = _figure(5.5, 6)
+    fig = new_figure(5.5, 6)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     full = count > 0
     top.bar(centres[full], acc[full], width=width, edgecolor="black", color="tab:blue", alpha=0.8,
@@ -166,13 +166,13 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, n_
     top.grid(alpha=0.3)
     bottom.bar(centres, count, width=width, edgecolor="black", color="0.7")
     bottom.set(xlim=(0, 1), xlabel="confidence (max probability)", ylabel="images")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_coverage(y_true: np.ndarray, probs: np.ndarray, path: str | Path) -> Path:
     """Accuracy of the automatically classified cells against coverage, when the least confident go to review."""
     coverage, accuracy, _ = coverage_curve(y_true, probs)
-    fig = _figure(6, 4.5)
+    fig = new_figure(6, 4.5)
     ax = fig.add_subplot()
     ax.plot(coverage, accuracy, "-", drawstyle="steps-post", lw=1.8, color="tab:blue", label="kept cells")
     ax.axhline(accuracy[-1], color="0.4", ls="--", lw=1, label=f"no review (accuracy {accuracy[-1]:.3f})")
@@ -180,7 +180,7 @@ def plot_coverage(y_true: np.ndarray, probs: np.ndarray, path: str | Path) -> Pa
            ylabel="accuracy of kept cells", title="Accuracy vs coverage")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def misclassified_sheet(items: Sequence[tuple[str | Path, str, str, float]], path: str | Path,
@@ -194,12 +194,12 @@ def misclassified_sheet(items: Sequence[tuple[str | Path, str, str, float]], pat
         raise ValueError(f"max_items and ncols must be >= 1, got {max_items} and {ncols}")
     shown = list(items)[:max_items]
     if not shown:
-        fig = _figure(6, 1.5)
+        fig = new_figure(6, 1.5)
         fig.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=14)
-        return _save(fig, path)
+        return save_png(fig, path)
     ncols = min(ncols, len(shown))
     nrows = math.ceil(len(shown) / ncols)
-    fig = _figure(1.75 * ncols, 2.2 * nrows + 0.4)
+    fig = new_figure(1.75 * ncols, 2.2 * nrows + 0.4)
     fig.suptitle(f"Misclassified images: showing {len(shown)} of {len(items)}")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax in axes:
@@ -215,4 +215,18 @@ def misclassified_sheet(items: Sequence[tuple[str | Path, str, str, float]], pat
         short = name if len(name) <= 22 else name[:10] + "…" + name[-10:]
         ax.set_title(f"{_plain(short)}\ntrue: {_plain(true)}\npred: {_plain(pred)} ({confidence:.2f})",
                      fontsize=7, loc="left")
-    return _save(fig, path)
+    return save_png(fig, path)
+
+
+def plot_importances(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Horizontal bars of ``rows`` (``feature``, ``importance``, ``std``), most important on top."""
+    names = [str(r["feature"]) for r in rows][::-1]
+    vals = [float(r["importance"]) for r in rows][::-1]
+    errs = [float(r.get("std") or 0) for r in rows][::-1]
+    fig = new_figure(7, 0.3 * len(rows) + 1.2)
+    ax = fig.add_subplot()
+    ax.barh(range(len(names)), vals, xerr=errs, color="#4c72b0")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("accuracy lost when shuffled")
+    ax.grid(axis="x", alpha=0.3)
+    return save_png(fig, path)
