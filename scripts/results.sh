@@ -2,6 +2,7 @@
 # Regenerate every table of docs/results.md (hours on 2 CPU cores; resumable: finished models are reused).
 # Usage: bash scripts/results.sh [STEP...]
 #   steps: splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement
+#          crossdomain adapt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WBC=${WBC:-.venv/bin/wbc}
@@ -9,7 +10,7 @@ D=../shared/data
 K=$D/blood-cells/dataset2-master/dataset2-master/images
 MAP=$D/blood-cells/provenance/dataset2_source_map.csv
 OUT=${OUT:-results}
-steps=${*:-"splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement"}
+steps=${*:-"splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement crossdomain adapt"}
 CLASSICAL=svm,random-forest,knn,mlp,naive-bayes,logistic-regression
 
 for step in $steps; do case $step in
@@ -60,6 +61,12 @@ detection)  # all 364 annotated BCCD fields: WBC detection precision/recall at I
   ;;
 agreement)  # wbc count vs the per-image labels of BCCD, on fields whose source cell no model trained on
   .venv/bin/python scripts/bccd_eval.py agreement --out $OUT
+  ;;
+crossdomain)  # train on one source, test on the other (needs the pbc and kaggle-honest steps)
+  .venv/bin/python scripts/crossdomain.py --out $OUT/crossdomain
+  ;;
+adapt)  # few-shot adaptation of the PBC-only model to the Kaggle/BCCD domain (5, 10, 20 cells per class)
+  .venv/bin/python scripts/adapt_curve.py --out $OUT/adapt
   ;;
 *) echo "unknown step $step" >&2; exit 2;;
 esac; done

@@ -1,0 +1,106 @@
+"""Cross-domain evaluation (issue 7): models trained on one source, tested on the other.
+
+    python scripts/crossdomain.py [--out results/crossdomain] [--work runs/crossdomain]
+
+Builds two test sets outside the repository (in --work) and evaluates every (model, test set) pair
+with `wbc evaluate` (predictions restricted to the test set's classes):
+* PBC test split restricted to the four Kaggle classes (``pbc4.csv``);
+* BCCD fields as the Kaggle images were made (the whole 640x480 field at half size, 320x240) for
+  every field with exactly one WBC box and one label, group = field; un-augmented originals; ``bccd_unseen.csv`` keeps
+  only fields whose source cell fed Kaggle TEST and never TRAIN (nor a near-duplicate twin).
+Models: PBC-only (results/pbc/mobilenet_v2), Kaggle-only (results/kaggle-honest/mobilenet_v2) and the
+bundled default. Test sets a model trained on are skipped (PBC-only on PBC, Kaggle-only on Kaggle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+MASTER = DATA / "blood-cells" / "dataset-master" / "dataset-master"
+PROV = DATA / "blood-cells" / "provenance"
+KAGGLE4 = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+MODELS = {"pbc-only": ROOT / "results/pbc/mobilenet_v2", "kaggle-only": ROOT / "results/kaggle-honest/mobilenet_v2",
+          "default": None}
+
+
+def pbc4_manifest(out: Path) -> Path:
+    rows = [r for r in csv.DictReader((ROOT / "data/splits/pbc.csv").open())
+            if r["split"] == "test" and r["label"] in KAGGLE4]
+    for r in rows:  # manifest paths are relative to the manifest's folder
+        r["path"] = str((ROOT / "data/splits" / r["path"]).resolve())
+    _write(out, rows)
+    return out
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "label", "group", "split"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def bccd_crops(work: Path) -> tuple[Path, Path]:
+    """Halve every single-WBC, single-label BCCD field; return (all fields, unseen fields) manifests."""
+    from wbc.agreement import write_bccd_reference
+    labels: dict[str, str] = {}
+    for name, kwargs in (("all", {}), ("unseen", {"source_map": PROV / "dataset2_source_map.csv",
+                                                  "near_duplicates": PROV / "dataset_master_near_duplicates.csv"})):
+        ref = work / f"bccd_ref_{name}.csv"
+        write_bccd_reference(MASTER / "labels.csv", MASTER / "JPEGImages", ref, **kwargs)
+        labels[name] = {Path(r["image"]).stem: r["label"] for r in csv.DictReader(ref.open())}
+    crops = work / "bccd_crops"
+    crops.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for stem, label in sorted(labels["all"].items()):
+        boxes = []
+        xml = DATA / "BCCD_Dataset" / "BCCD" / "Annotations" / f"{stem}.xml"  # the VOC boxes with WBCs
+        if not xml.is_file():  # a few labelled fields have no box annotation
+            continue
+        for obj in ET.parse(xml).getroot().iter("object"):
+            if obj.findtext("name") == "WBC":
+                b = obj.find("bndbox")
+                boxes.append([int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")])
+        if len(boxes) != 1:
+            continue
+        path = crops / f"{stem}.png"
+        if not path.is_file():  # the Kaggle images are whole BCCD fields at half size (docs/decisions/0006)
+            Image.open(MASTER / "JPEGImages" / f"{stem}.jpg").convert("RGB").resize((320, 240), Image.LANCZOS).save(path)
+        rows.append({"path": str(path.resolve()), "label": label, "group": stem, "split": "test"})
+    all_csv, unseen_csv = work / "bccd_all.csv", work / "bccd_unseen.csv"
+    _write(all_csv, rows)
+    _write(unseen_csv, [r for r in rows if r["group"] in labels["unseen"]])
+    return all_csv, unseen_csv
+
+
+def main() -> None:
+    from wbc.evaluation import EvalConfig, evaluate
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "results" / "crossdomain"), help="(default: results/crossdomain)")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "crossdomain"), help="(default: runs/crossdomain)")
+    a = ap.parse_args()
+    work, out = Path(a.work), Path(a.out)
+    pbc4 = pbc4_manifest(work / "pbc4.csv")
+    bccd_all, bccd_unseen = bccd_crops(work)
+    tests = {"kaggle-test": (ROOT / "data/splits/kaggle.csv", PROV / "dataset2_source_map.csv"),
+             "pbc-test-4": (pbc4, None), "bccd-fields": (bccd_all, None), "bccd-fields-unseen": (bccd_unseen, None)}
+    plan = [("pbc-only", "kaggle-test"), ("pbc-only", "bccd-fields"), ("kaggle-only", "pbc-test-4"),
+            ("kaggle-only", "bccd-fields-unseen"), ("default", "bccd-fields-unseen")]
+    for model, test in plan:
+        data, groups = tests[test]
+        m = evaluate(EvalConfig(data=str(data), out=str(out / f"{model}__{test}"),
+                                model=None if MODELS[model] is None else str(MODELS[model]), groups=groups and str(groups),
+                                progress=False))
+        print(f"{model:12s} -> {test:18s} accuracy {m['accuracy']:.3f} balanced {m['balanced_accuracy']:.3f} "
+              f"n={m['n_images']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
