@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Clock, machine_info, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -27,36 +28,10 @@ PBC = SHARED / "PBC_dataset_normal_DIB"
 KAGGLE = SHARED / "blood-cells" / "dataset2-master" / "dataset2-master" / "images" / "TEST"
 
 
-def machine_info() -> dict:
-    import cv2
-    import sklearn
-    import skimage
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": sys.version.split()[0], "numpy": np.__version__, "opencv": cv2.__version__,
-            "scikit-image": skimage.__version__, "scikit-learn": sklearn.__version__,
-            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-            "opencv_threads": cv2.getNumThreads()}
-
-
-def _spread(paths: list[Path], n: int) -> list[Path]:
-    if len(paths) <= n:
-        return paths
-    idx = np.linspace(0, len(paths) - 1, n).round().astype(int)
-    return [paths[i] for i in idx]
-
-
 def bench_segmentation(n: int) -> dict:
     from wbc.data import load_image
     from wbc.segmentation import segment_cells
-    paths = _spread(sorted(BCCD_IMAGES.glob("*.jpg")), n)
+    paths = spread(sorted(BCCD_IMAGES.glob("*.jpg")), n)
     images = [np.asarray(load_image(p)) for p in paths]
     segment_cells(images[0])  # warm-up (imports, allocations)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -103,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     cv2.setNumThreads(1)  # one core per process, like the feature workers
     result = {"machine": machine_info(), "segmentation": bench_segmentation(args.fields), "features": [
-        bench_features("PBC 360x363", _spread(sorted(PBC.glob("*/*.jpg")), args.crops), args.workers),
-        bench_features("Kaggle 320x240", _spread(sorted(KAGGLE.glob("*/*.jpeg")), args.crops), args.workers)]}
+        bench_features("PBC 360x363", spread(sorted(PBC.glob("*/*.jpg")), args.crops), args.workers),
+        bench_features("Kaggle 320x240", spread(sorted(KAGGLE.glob("*/*.jpeg")), args.crops), args.workers)]}
     m, s = result["machine"], result["segmentation"]
     print(f"machine: {m['cpu']} ({m['logical_cores']} logical cores), {m['platform']}, Python {m['python']}, "
           f"OpenCV {m['opencv']}, scikit-image {m['scikit-image']}; load average {m['load_average_1m']}")

@@ -16,46 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Clock, machine_info, spread  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FIELDS = SHARED / "blood-cells" / "dataset-master" / "dataset-master" / "JPEGImages"
-
-
-def machine_info() -> dict:
-    import torch
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
-
-
-class Clock:
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
-def _spread(paths: list[Path], n: int) -> list[Path]:
-    idx = np.linspace(0, len(paths) - 1, min(n, len(paths))).round().astype(int)
-    return [paths[i] for i in idx]
 
 
 def mosaic(paths: list[Path], width: int = 4000, height: int = 3000) -> np.ndarray:
@@ -79,7 +51,7 @@ def bench(n_fields: int, n_large: int, threads: int | None) -> dict:
     from wbc.detection import REFERENCE_RBC_PX, detect_wbcs, estimate_rbc_diameter, field_quality
     from wbc.inference import load_predictor
 
-    paths = _spread(sorted(FIELDS.glob("*.jpg")), n_fields)
+    paths = spread(sorted(FIELDS.glob("*.jpg")), n_fields)
     with Clock() as c_load:
         predictor = load_predictor(None, threads=threads)
     images = [np.asarray(load_image(p)) for p in paths]
@@ -118,7 +90,7 @@ def bench(n_fields: int, n_large: int, threads: int | None) -> dict:
                                           "cells": res.differential.n_cells}
         large = []
         for i in range(n_large):
-            img = mosaic(_spread(sorted(FIELDS.glob("*.jpg")), 64)[i::2] or paths)
+            img = mosaic(spread(sorted(FIELDS.glob("*.jpg")), 64)[i::2] or paths)
             lp = Path(tmp) / f"large_{i}.png"
             Image.fromarray(img).save(lp)
             with Clock() as c:

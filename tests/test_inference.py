@@ -82,3 +82,18 @@ def test_onnxruntime_backend_matches_torch(tmp_path):
     ort = load_predictor(onnx_file).predict_images(images)
     assert (ref.argmax(1) == ort.argmax(1)).all()
     assert np.abs(ref - ort).max() < 1e-3  # same fp32 network, different kernels
+
+
+def test_batchnorm_folding_keeps_outputs():
+    import numpy as np
+    import torch
+    from wbc.inference import fuse_batchnorm
+    from wbc.modelio import load_model
+    net, _ = load_model(None)
+    x = torch.rand(4, 3, 160, 160)
+    with torch.inference_mode():
+        before = net(x)
+        n = fuse_batchnorm(net)
+        after = net(x)
+    assert n >= 50 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    np.testing.assert_allclose(after.numpy(), before.numpy(), atol=1e-4)

@@ -301,6 +301,18 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from .adapt import AdaptConfig, adapt
+    s = adapt(AdaptConfig(data=args.data, out=args.out, model=args.model, shots=args.shots or None, split=args.split,
+                          groups=args.groups, bn=not args.no_batchnorm, head=not args.no_head, seed=args.seed,
+                          progress=not args.quiet))
+    print(f"adapted on {s['shots']} cells ({', '.join(f'{k} {v}' for k, v in s['per_class'].items())}): "
+          f"{s['batchnorm_layers_reestimated']} BatchNorm layers re-estimated, head "
+          f"{'re-fitted' if s['head_refit'] else 'kept'}, temperature {s['temperature_before']:.2f} -> "
+          f"{s['temperature']:.2f}, {s['seconds']:.0f} s -> {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_model
     out = export_model(args.model, args.out, args.format, half=args.half)
@@ -439,6 +451,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-temperature", action="store_true", help="only choose the threshold (default: refit)")
     p.add_argument("--out", required=True, help="model file to write (may be the input file)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("adapt", help="adapt a model to a new lab from a few labelled cells per class")
+    p.add_argument("--model", "-m", default=None, help="run folder or .safetensors model (default: the bundled model)")
+    p.add_argument("--data", action="append", required=True, help="the lab's labelled cells (class folders or "
+                   "manifest); repeat to combine")
+    p.add_argument("--out", required=True, help="run folder: model.safetensors, adapt.json, shots.csv")
+    p.add_argument("--shots", type=int, default=20, help="cells per class used, distinct groups first; 0 = all "
+                   "(default: 20)")
+    p.add_argument("--split", default=None, help="use only this split of a manifest (default: all rows)")
+    p.add_argument("--groups", default=None, help="CSV mapping images to groups/source cells (default: none)")
+    p.add_argument("--no-batchnorm", action="store_true", help="keep the BatchNorm statistics (default: re-estimate)")
+    p.add_argument("--no-head", action="store_true", help="keep the classifier head (default: re-fit)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("export", help="write a trained model in another format")
     p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")

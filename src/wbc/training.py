@@ -68,6 +68,8 @@ class TrainConfig:
     augment: bool = True
     augment_preset: str = "standard"  # a key of wbc.augment.PRESETS
     label_smoothing: float = 0.0
+    target_accuracy: float | None = None  # stop once validation accuracy reaches this (time-to-accuracy runs)
+    max_minutes: float | None = None  # stop after the epoch that exceeds this wall-time budget
     threads: int | None = None
     preprocess: dict = field(default_factory=dict)  # denoise/contrast/stain_norm options
     progress: bool = True
@@ -323,6 +325,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         _write_history(history, run_dir)
         if bad_epochs >= cfg.patience:
             log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
+            break
+        if cfg.target_accuracy is not None and val_acc >= cfg.target_accuracy:
+            log.info("stopping: validation accuracy %.4f reached the target %.4f", val_acc, cfg.target_accuracy)
+            break
+        if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            log.info("stopping: the %.1f-minute budget is spent", cfg.max_minutes)
             break
 
     # calibrate the best model on the validation set

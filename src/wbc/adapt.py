@@ -1,0 +1,225 @@
+"""Few-shot adaptation of a trained network to a new lab: ``wbc adapt``.
+
+A lab labels a few cells of its own (<= 20 per class). Three cheap steps, all on the CPU in seconds
+to minutes (docs/decisions/0008-few-shot-adaptation.md):
+
+1. **BatchNorm statistics re-estimated** on the lab's images (AdaBN, Li et al. 2016): stain and
+   camera shift the activations' means and variances; the learned filters stay.
+2. **Classifier head re-fitted** on frozen penultimate features of augmented copies of the shots,
+   with an L2 pull towards the original head (L2-SP, Li et al. 2018) so classes the lab did not
+   label keep their rows and the model keeps what it knew.
+3. **Temperature re-fitted** on shots held out from the head fit (2-fold cross-fitting), so the
+   review threshold means the same on the new lab.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import cpu
+from .augment import PRESETS, augment, normalise, to_float
+from .calibration import fit_temperature
+from .data import ImageRecord, discover
+from .errors import WbcError
+from .imageset import decode_images
+from .io import write_csv, write_json
+from .modelio import load_model, resolve_model_path, save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptConfig:
+    """Everything ``wbc adapt`` needs; defaults as in ``wbc adapt --help``."""
+
+    data: list[str]
+    out: str
+    model: str | None = None  # None: the bundled default
+    shots: int | None = 20  # labelled cells per class used (None: all given)
+    split: str | None = None  # use only this split of a manifest (e.g. "train")
+    groups: str | None = None
+    bn: bool = True  # re-estimate BatchNorm statistics on the lab's images
+    head: bool = True  # re-fit the classifier head
+    views: int = 8  # augmented copies of every shot
+    steps: int = 300  # head optimisation steps (full batch)
+    lr: float = 0.01
+    l2sp: float = 0.01  # pull towards the original head
+    seed: int = 0
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def pick_shots(records: list[ImageRecord], shots: int | None, seed: int) -> list[ImageRecord]:
+    """Up to ``shots`` records per class, distinct groups (source cells) first, seeded.
+
+    >>> recs = [ImageRecord(Path(f"{i}.png"), "a", group=str(i // 2)) for i in range(6)]
+    >>> sorted(r.group for r in pick_shots(recs, 3, 0))
+    ['0', '1', '2']
+    """
+    rng = random.Random(seed)
+    by_class: dict[str, list[ImageRecord]] = defaultdict(list)
+    for r in records:
+        by_class[r.label].append(r)
+    out = []
+    for label in sorted(by_class):
+        recs = by_class[label][:]
+        rng.shuffle(recs)
+        if shots is None:
+            out += recs
+            continue
+        seen, first, rest = set(), [], []
+        for r in recs:
+            key = r.group or str(r.path)
+            (rest if key in seen else first).append(r)
+            seen.add(key)
+        out += (first + rest)[:shots]
+    return out
+
+
+def _head(net: torch.nn.Module) -> torch.nn.Linear:
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise WbcError("this architecture has no linear classifier head to adapt")
+    return linears[-1]
+
+
+def _batches(x: torch.Tensor, size: int = 64):
+    for i in range(0, len(x), size):
+        yield x[i:i + size]
+
+
+def _views(x_u8: torch.Tensor, views: int, generator: torch.Generator, mean, std) -> torch.Tensor:
+    """``views`` augmented, normalised copies of every image: (views * N, 3, S, S)."""
+    out = []
+    for v in range(views):
+        x = to_float(x_u8)
+        if v:  # the first view is the image itself
+            x = augment(x, PRESETS["standard"], generator)
+        out.append(normalise(x, mean, std))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(net: torch.nn.Module, x: torch.Tensor, precision: str = "auto") -> int:
+    """Replace every BatchNorm's running statistics by those of ``x`` (normalised float images). Returns #layers."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    net.train()
+    for b in _batches(x, 64):
+        with cpu.autocast(precision):
+            net(b)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    net.eval()
+    return len(bns)
+
+
+@torch.no_grad()
+def penultimate(net: torch.nn.Module, x: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+    """Inputs of the classifier head for ``x`` (the network in eval mode)."""
+    head, feats = _head(net), []
+    hook = head.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].detach().float()))
+    try:
+        for b in _batches(x, 64):
+            with cpu.autocast(precision):
+                net(b)
+    finally:
+        hook.remove()
+    return torch.cat(feats)
+
+
+def fit_head(feats: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, *, steps: int, lr: float,
+             l2sp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on ``feats`` plus ``l2sp * ||W - W0||^2``; full-batch Adam from the original head."""
+    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(feats @ w.T + b, y) + l2sp * ((w - w0) ** 2).sum()
+        loss.backward()
+        opt.step()
+    return w.detach(), b.detach()
+
+
+def adapt(cfg: AdaptConfig) -> dict:
+    """Adapt ``cfg.model`` to the labelled cells of ``cfg.data``; write ``out/model.safetensors`` and ``adapt.json``.
+
+    Raises:
+        WbcError: no labelled images, classes the model does not know, or a classical model.
+    """
+    t0 = time.perf_counter()
+    path = resolve_model_path(cfg.model)
+    if path.suffix != ".safetensors":
+        raise WbcError(f"{path}: wbc adapt works on neural .safetensors models (retrain classical ones)")
+    net, info = load_model(path)
+    records: list[ImageRecord] = []
+    for d in cfg.data:
+        ds = discover(d, cfg.groups)
+        records += ds.split(cfg.split).records if cfg.split else ds.records
+    records = [r for r in records if r.label is not None]
+    if not records:
+        raise WbcError(f"no labelled images in {', '.join(cfg.data)}")
+    unknown = sorted({r.label for r in records} - set(info.classes))
+    if unknown:
+        raise WbcError(f"classes {unknown} are not classes of the model ({', '.join(info.classes)})")
+    shots = pick_shots(records, cfg.shots, cfg.seed)
+    x_u8, shots = decode_images(shots, info.preprocess, progress=cfg.progress, desc="decoding shots")
+    x_u8 = torch.from_numpy(x_u8)
+    y = torch.tensor([info.classes.index(r.label) for r in shots])
+    g = torch.Generator().manual_seed(cfg.seed)
+    pre = info.preprocess
+    x = _views(x_u8, cfg.views, g, pre.mean, pre.std)
+    yv = y.repeat(cfg.views)
+    net = net.to(memory_format=torch.channels_last)
+    n_bn = reestimate_batchnorm(net, x) if cfg.bn else 0
+    head = _head(net)
+    w0, b0 = head.weight.detach().float().clone(), head.bias.detach().float().clone()
+    feats = penultimate(net, x)
+    t_new = info.temperature
+    if cfg.head:
+        # 2-fold cross-fitting: the temperature is fitted on shots the head did not see
+        fold = (torch.arange(len(y)) % 2).repeat(cfg.views)
+        logits_out, labels_out = [], []
+        for k in (0, 1):
+            tr = fold != k
+            w, b = fit_head(feats[tr], yv[tr], w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
+            te = torch.nonzero(fold[: len(y)] == k).squeeze(1)
+            logits_out.append(feats[te] @ w.T + b)
+            labels_out.append(y[te])
+        if len(y) >= 4:
+            t_new = fit_temperature(torch.cat(logits_out), torch.cat(labels_out))
+        w, b = fit_head(feats, yv, w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
+        with torch.no_grad():
+            head.weight.copy_(w)
+            head.bias.copy_(b)
+    elif len(y) >= 4:
+        t_new = fit_temperature(penultimate(net, x[: len(y)]) @ w0.T + b0, y)
+    summary = {"source_model": str(path), "data": [str(d) for d in cfg.data], "classes_given": sorted(set(
+        r.label for r in shots)), "shots": len(shots), "per_class": {c: int((y == i).sum()) for i, c in
+                                                                   enumerate(info.classes) if (y == i).any()},
+        "batchnorm_layers_reestimated": n_bn, "head_refit": cfg.head, "temperature_before": info.temperature,
+        "temperature": t_new, "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "seconds": round(time.perf_counter() - t0, 1)}
+    info.temperature = t_new
+    info.training = {**info.training, "adaptation": summary}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(out / "model.safetensors", net.to(memory_format=torch.contiguous_format), info)
+    write_json(out / "adapt.json", summary)
+    write_csv(out / "shots.csv", [{"path": str(r.path), "label": r.label, "group": r.group or ""} for r in shots],
+              ["path", "label", "group"])
+    return summary

@@ -1,0 +1,74 @@
+"""wbc adapt: few-shot adaptation to a shifted domain, on real PBC cells with a synthetic stain shift."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PBC, need_shared
+from wbc.adapt import AdaptConfig, adapt, pick_shots
+from wbc.cli import main
+from wbc.data import ImageRecord
+from wbc.inference import Predictor
+from wbc.modelio import default_model_path, read_info
+
+CLASSES = ("lymphocyte", "neutrophil", "eosinophil", "monocyte")
+
+
+def _shift(path, dst):
+    """A different 'lab': channels rotated and darkened (a stain and camera the model never saw)."""
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
+    out = np.clip(rgb[..., [2, 0, 1]] * 0.8, 0, 255).astype(np.uint8)
+    Image.fromarray(out).save(dst)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    need_shared()
+    root = tmp_path_factory.mktemp("lab")
+    for c in CLASSES:
+        files = sorted((PBC / c).glob("*.jpg"))[100:116]
+        for split, chunk in (("shots", files[:8]), ("test", files[8:])):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for f in chunk:
+                _shift(f, root / split / c / f"{f.stem}.png")
+    return root
+
+
+def _accuracy(model, folder) -> float:
+    pred = Predictor(model)
+    paths = sorted(folder.rglob("*.png"))
+    probs = np.stack([p for _, p in pred.predict_paths(paths)])
+    restricted = [pred.classes.index(c) for c in CLASSES]
+    guess = [CLASSES[i] for i in probs[:, restricted].argmax(1)]
+    return float(np.mean([g == p.parent.name for g, p in zip(guess, paths)]))
+
+
+def test_adaptation_recovers_accuracy_on_a_shifted_lab(lab, tmp_path):
+    before = _accuracy(None, lab / "test")
+    s = adapt(AdaptConfig(data=[str(lab / "shots")], out=str(tmp_path / "a"), shots=8, progress=False))
+    after = _accuracy(tmp_path / "a" / "model.safetensors", lab / "test")
+    assert after >= before + 0.15, (before, after)
+    assert s["shots"] == 32 and s["batchnorm_layers_reestimated"] > 10
+    info = read_info(tmp_path / "a" / "model.safetensors")
+    assert info.classes == read_info(default_model_path()).classes  # classes not given keep their rows
+    assert info.training["adaptation"]["per_class"] == {c: 8 for c in sorted(CLASSES)}
+    assert json.loads((tmp_path / "a" / "adapt.json").read_text())["temperature"] > 0
+
+
+def test_cli_adapt_and_bad_class(lab, tmp_path, capsys):
+    assert main(["-q", "adapt", "--data", str(lab / "shots"), "--shots", "2", "--no-head",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert "BatchNorm layers re-estimated" in capsys.readouterr().out
+    (tmp_path / "odd" / "smudge_cell").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 150, 200)).save(tmp_path / "odd" / "smudge_cell" / "x.png")
+    code = main(["-q", "adapt", "--data", str(tmp_path / "odd"), "--out", str(tmp_path / "c")])
+    assert code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_pick_shots_prefers_distinct_sources():
+    recs = [ImageRecord(f"{i}.png", "a" if i < 10 else "b", group=str(i // 5)) for i in range(14)]
+    picked = pick_shots(recs, 2, seed=1)
+    assert sorted(r.label for r in picked) == ["a", "a", "b", "b"]
+    assert len({r.group for r in picked if r.label == "a"}) == 2  # two different source cells
