@@ -23,3 +23,9 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+results: setup
+	bash scripts/results.sh && $(BIN)/python scripts/results_md.py
+
+bench: setup
+	$(BIN)/python bench/run_all.py

@@ -4,19 +4,21 @@
 
 The PBC-only MobileNetV2 (results/pbc/mobilenet_v2) is adapted with cells drawn from Kaggle TRAIN
 (one per source cell first; `data/splits/kaggle.csv` split train) and tested on Kaggle TEST, whose
-source cells are disjoint from TRAIN, and on the PBC test split (what it knew). Three variants: BatchNorm
-re-estimation + head (the default), head only, BatchNorm only. Three seeds (different shots) each.
+source cells are disjoint from TRAIN, and on the PBC test split (what it knew). Variants: BatchNorm
+re-estimation + head (the default), BatchNorm half-way + head, head only, BatchNorm only. Three seeds (different shots) each.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT.parent / "shared" / "data" / "blood-cells" / "provenance" / "dataset2_source_map.csv"
 SOURCE = ROOT / "results" / "pbc" / "mobilenet_v2"
-VARIANTS = {"bn+head": (True, True), "head only": (False, True), "bn only": (True, False)}
+VARIANTS = {"bn+head": (True, True, 1.0), "bn 50/50 + head": (True, True, 0.5), "head only": (False, True, 1.0),
+            "bn only": (True, False, 1.0)}
 
 
 def main() -> None:
@@ -42,15 +44,21 @@ def main() -> None:
 
     rows = [{"variant": "before", "shots": 0, "seeds": 1, **score(str(SOURCE), "before")}]
     print(rows[-1], flush=True)
-    for name, (bn, head) in VARIANTS.items():
+    done = {}
+    if (out / "adapt.json").is_file():  # resume: keep finished rows
+        done = {(r["variant"], r["shots"]): r for r in json.loads((out / "adapt.json").read_text())["rows"]}
+    for name, (bn, head, mix) in VARIANTS.items():
         for shots in (5, 10, 20):
             if name != "bn+head" and shots != 20:
                 continue  # the ablations at 20 cells per class only
+            if (name, shots) in done:
+                rows.append(done[(name, shots)])
+                continue
             runs = []
             for seed in range(a.seeds):
                 tag = f"{name.replace(' ', '_').replace('+', '_')}-{shots}-s{seed}"
                 adapt(AdaptConfig(data=[str(ROOT / "data/splits/kaggle.csv")], split="train", groups=str(MAP),
-                                  out=str(work / tag), model=str(SOURCE), shots=shots, bn=bn, head=head, seed=seed,
+                                  out=str(work / tag), model=str(SOURCE), shots=shots, bn=bn, bn_mix=mix, head=head, seed=seed,
                                   progress=False))
                 runs.append(score(str(work / tag), tag))
             row = {"variant": name, "shots": shots, "seeds": a.seeds}
@@ -59,6 +67,7 @@ def main() -> None:
                 row[key], row[key + "_sd"] = float(vals.mean()), float(vals.std())
             rows.append(row)
             print(row, flush=True)
+            write_json(out / "adapt.json", {"source_model": str(SOURCE), "rows": rows})
     write_json(out / "adapt.json", {"source_model": str(SOURCE), "rows": rows})
 
 

@@ -48,6 +48,7 @@ class AdaptConfig:
     split: str | None = None  # use only this split of a manifest (e.g. "train")
     groups: str | None = None
     bn: bool = True  # re-estimate BatchNorm statistics on the lab's images
+    bn_mix: float = 1.0  # weight of the lab's statistics against the original ones
     head: bool = True  # re-fit the classifier head
     views: int = 8  # augmented copies of every shot
     steps: int = 300  # head optimisation steps (full batch)
@@ -109,11 +110,18 @@ def _views(x_u8: torch.Tensor, views: int, generator: torch.Generator, mean, std
 
 
 @torch.no_grad()
-def reestimate_batchnorm(net: torch.nn.Module, x: torch.Tensor, precision: str = "auto") -> int:
-    """Replace every BatchNorm's running statistics by those of ``x`` (normalised float images). Returns #layers."""
+def reestimate_batchnorm(net: torch.nn.Module, x: torch.Tensor, precision: str = "auto", mix: float = 1.0) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``x`` (normalised float images). Returns #layers.
+
+    ``mix`` blends them with the original ones: 1 = the new lab's alone, 0.5 = halfway (keeps more of
+    what the model knew about the original domain).
+    """
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
+    if not 0 < mix <= 1:
+        raise WbcError(f"--bn-mix must be in (0, 1], got {mix}")
+    old = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -122,8 +130,12 @@ def reestimate_batchnorm(net: torch.nn.Module, x: torch.Tensor, precision: str =
     for b in _batches(x, 64):
         with cpu.autocast(precision):
             net(b)
-    for m, mom in zip(bns, momenta):
+    for m, mom, (mean0, var0) in zip(bns, momenta, old):
         m.momentum = mom
+        mean1, var1 = m.running_mean.clone(), m.running_var.clone()
+        # moments of the mixture of the two domains
+        m.running_mean.copy_(mix * mean1 + (1 - mix) * mean0)
+        m.running_var.copy_(mix * (var1 + mean1 ** 2) + (1 - mix) * (var0 + mean0 ** 2) - m.running_mean ** 2)
     net.eval()
     return len(bns)
 
@@ -144,15 +156,24 @@ def penultimate(net: torch.nn.Module, x: torch.Tensor, precision: str = "auto") 
 
 def fit_head(feats: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, *, steps: int, lr: float,
              l2sp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy on ``feats`` plus ``l2sp * ||W - W0||^2``; full-batch Adam from the original head."""
-    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w, b], lr=lr)
+    """Cross-entropy on ``feats`` plus ``l2sp * ||W - W0||^2``; full-batch Adam from the original head.
+
+    Only the rows of the classes present in ``y`` are fitted, with the softmax over those classes
+    alone: a class the lab did not label keeps its original row instead of being pushed down.
+    """
+    present = torch.unique(y)
+    remap = torch.full((w0.shape[0],), -1, dtype=torch.long)
+    remap[present] = torch.arange(len(present))
+    w_p, b_p = w0[present].clone().requires_grad_(True), b0[present].clone().requires_grad_(True)
+    opt = torch.optim.Adam([w_p, b_p], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
-        loss = F.cross_entropy(feats @ w.T + b, y) + l2sp * ((w - w0) ** 2).sum()
+        loss = F.cross_entropy(feats @ w_p.T + b_p, remap[y]) + l2sp * ((w_p - w0[present]) ** 2).sum()
         loss.backward()
         opt.step()
-    return w.detach(), b.detach()
+    w, b = w0.clone(), b0.clone()
+    w[present], b[present] = w_p.detach(), b_p.detach()
+    return w, b
 
 
 def adapt(cfg: AdaptConfig) -> dict:
@@ -185,7 +206,7 @@ def adapt(cfg: AdaptConfig) -> dict:
     x = _views(x_u8, cfg.views, g, pre.mean, pre.std)
     yv = y.repeat(cfg.views)
     net = net.to(memory_format=torch.channels_last)
-    n_bn = reestimate_batchnorm(net, x) if cfg.bn else 0
+    n_bn = reestimate_batchnorm(net, x, mix=cfg.bn_mix) if cfg.bn else 0
     head = _head(net)
     w0, b0 = head.weight.detach().float().clone(), head.bias.detach().float().clone()
     feats = penultimate(net, x)

@@ -304,7 +304,7 @@ def cmd_calibrate(args) -> int:
 def cmd_adapt(args) -> int:
     from .adapt import AdaptConfig, adapt
     s = adapt(AdaptConfig(data=args.data, out=args.out, model=args.model, shots=args.shots or None, split=args.split,
-                          groups=args.groups, bn=not args.no_batchnorm, head=not args.no_head, seed=args.seed,
+                          groups=args.groups, bn=not args.no_batchnorm, bn_mix=args.bn_mix, head=not args.no_head, seed=args.seed,
                           progress=not args.quiet))
     print(f"adapted on {s['shots']} cells ({', '.join(f'{k} {v}' for k, v in s['per_class'].items())}): "
           f"{s['batchnorm_layers_reestimated']} BatchNorm layers re-estimated, head "
@@ -462,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="use only this split of a manifest (default: all rows)")
     p.add_argument("--groups", default=None, help="CSV mapping images to groups/source cells (default: none)")
     p.add_argument("--no-batchnorm", action="store_true", help="keep the BatchNorm statistics (default: re-estimate)")
+    p.add_argument("--bn-mix", type=float, default=1.0, help="weight of the lab's BatchNorm statistics against the "
+                   "original ones; lower keeps more of the original domain (default: 1)")
     p.add_argument("--no-head", action="store_true", help="keep the classifier head (default: re-fit)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.set_defaults(func=cmd_adapt)
