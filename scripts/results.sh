@@ -26,6 +26,9 @@ default)  # the bundled model: PBC + Kaggle TRAIN, evaluated once on the held-ou
   # review threshold: the kept cells >= 95 % correct on the validation splits of both sources (docs/decisions/0011)
   $WBC -q calibrate --model src/wbc/assets/default_model.safetensors --data data/splits/pbc.csv \
       --data data/splits/kaggle.csv --target-accuracy 0.95 --out src/wbc/assets/default_model.safetensors
+  # the int8 twin that `wbc` runs by default (docs/decisions/0009), activations calibrated on the val splits
+  $WBC export --format onnx-int8 --calibration data/splits/pbc.csv --calibration data/splits/kaggle.csv \
+      --out src/wbc/assets/default_model.int8.onnx
   mkdir -p $OUT/default && cp runs/default/run.json runs/default/history.csv runs/default/curves.png $OUT/default/
   $WBC -q evaluate --model src/wbc/assets/default_model.safetensors --data data/splits/pbc.csv --out $OUT/default/pbc-test
   $WBC -q evaluate --model src/wbc/assets/default_model.safetensors --data data/splits/kaggle.csv --groups $MAP --out $OUT/default/kaggle-test

@@ -178,7 +178,8 @@ def main() -> None:
         f"{torch.get_num_threads()} CPU threads ({cpu}), PyTorch {torch.__version__}, no GPU.", "",
         "## The bundled default model", "",
         default_recipe(), "",
-        "Evaluated once on held-out tests it never saw: the PBC group-aware test split and the official Kaggle TEST "
+        "`wbc` runs it as its int8 ONNX twin (`--backend auto`, docs/decisions/0009); the rows below are that "
+        "shipped path. Evaluated once on held-out tests it never saw: the PBC group-aware test split and the official Kaggle TEST "
         "folder (its predictions restricted to Kaggle's four classes).", "",
         "Command: `bash scripts/results.sh default`", "",
         "| test set | accuracy % (95 % CI) | balanced acc % | macro F1 % | images | CI |", "|---|---|---|---|---|---|",

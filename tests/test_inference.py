@@ -97,3 +97,25 @@ def test_batchnorm_folding_keeps_outputs():
         after = net(x)
     assert n >= 50 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     np.testing.assert_allclose(after.numpy(), before.numpy(), atol=1e-4)
+
+
+def test_auto_backend_runs_the_bundled_int8_twin_and_agrees_with_torch():
+    import numpy as np
+    from conftest import SAMPLES
+    from wbc.inference import Backend, load_predictor
+    from wbc.modelio import default_int8_path, default_model_path, read_info
+    assert default_int8_path().is_file()
+    fast, ref = load_predictor(None), load_predictor(None, backend="torch", precision="fp32")
+    assert fast.backend is Backend.ONNXRUNTIME and ref.backend is Backend.TORCH
+    assert fast.info.review_threshold == read_info(default_model_path()).review_threshold
+    paths = sorted(SAMPLES.glob("*.jp*g"))
+    p_fast = np.stack([p for _, p in fast.predict_paths(paths)])
+    p_ref = np.stack([p for _, p in ref.predict_paths(paths)])
+    assert (p_fast.argmax(1) == p_ref.argmax(1)).mean() >= 11 / 12  # int8: same top-1 on the samples
+    assert np.abs(p_fast - p_ref).max() < 0.15
+
+
+def test_int8_export_needs_calibration_images(tmp_path, capsys):
+    from wbc.cli import main
+    code = main(["export", "--format", "onnx-int8", "--out", str(tmp_path / "m.onnx")])
+    assert code == 2 and "--calibration" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

@@ -24,8 +24,9 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="bf16 autocast where the CPU has native bf16 (default: auto)")
     g.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    g.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="inference engine; onnxruntime exports the model to ONNX once (default: torch)")
+    g.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="inference engine; auto = the bundled int8 ONNX model for the bundled model, ONNX Runtime "
+                   "for .onnx files, else torch; onnxruntime exports a torch model to ONNX once (default: auto)")
 
 
 def _add_input_checks(g) -> None:
@@ -315,7 +316,7 @@ def cmd_adapt(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_model
-    out = export_model(args.model, args.out, args.format, half=args.half)
+    out = export_model(args.model, args.out, args.format, half=args.half, calibration=args.calibration)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -470,8 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a trained model in another format")
     p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")
-    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"],
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx", "onnx-int8"],
                    help="(default: safetensors)")
+    p.add_argument("--calibration", action="append", default=[], help="images, folders or manifests (their val split) "
+                   "that calibrate the int8 activation ranges (onnx-int8 only; repeatable; default: none)")
     p.add_argument("--half", action="store_true", help="store fp16 tensors (half the size)")
     p.add_argument("--out", required=True, help="file to write")
     p.set_defaults(func=cmd_export)

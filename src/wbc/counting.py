@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from html import escape
 from pathlib import Path
@@ -69,11 +70,12 @@ class CountConfig:
     rbc_px: float | None = None  # red-cell diameter in pixels (default: estimated per sample)
     min_cells: int = MIN_CELLS
     precision: str = "auto"
-    backend: str = "torch"
+    backend: str = "auto"
     annotated_in_report: int = 24  # fields shown in report.html (all are written to annotated/)
     gallery_per_type: int = 60  # cell thumbnails per type in report.html
     progress: bool = False
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    on_progress: Callable[[str, int, int], None] | None = None  # (stage, fields done, fields) before each field
 
 
 @dataclass
@@ -343,6 +345,8 @@ def count_sample(sample: Sample, out_dir: Path, predictor, cfg: CountConfig) -> 
     budget = _KEEP_PIXELS
     for i, p in enumerate(progress_bar(sample.paths, desc=f"{sample.sample_id}: checking", unit="field",
                                        enabled=cfg.progress)):
+        if cfg.on_progress:  # e.g. wbc serve's progress and cancellation
+            cfg.on_progress("checking", i, len(sample.paths))
         try:
             rgb = np.asarray(load_image(p))
         except BadImageError as exc:
@@ -364,6 +368,8 @@ def count_sample(sample: Sample, out_dir: Path, predictor, cfg: CountConfig) -> 
     records: list[CellRecord] = []
     for i, p in enumerate(progress_bar(sample.paths, desc=f"{sample.sample_id}: counting", unit="field",
                                        enabled=cfg.progress)):
+        if cfg.on_progress:
+            cfg.on_progress("counting", i, len(sample.paths))
         summary = images[i]
         if summary.error is not None:
             continue
@@ -487,7 +493,8 @@ def _gallery(records: list[CellRecord], per_type: int) -> str:
     return "".join(parts) or '<p class="muted">No cells.</p>'
 
 
-def write_report(res: SampleResult, cfg: CountConfig, threshold: float) -> Path:
+def write_report(res: SampleResult, cfg: CountConfig, threshold: float, extra: Sequence[Section] = ()) -> Path:
+    """``report.html``; ``extra`` sections (e.g. a reviewer's sign-off) follow the summary."""
     d = res.differential
     n_img = sum(s.error is None for s in res.images)
     summary = (f"Sample {d.sample_id}: {d.n_cells} leukocytes counted in {n_img} field(s); {d.n_review} marked "
@@ -497,7 +504,7 @@ def write_report(res: SampleResult, cfg: CountConfig, threshold: float) -> Path:
         summary += f"\n\nErythroblasts: {d.nrbc_per_100_wbc:g} per 100 leukocytes (not in the differential)."
     if d.n_excluded:
         summary += f"\n\n{d.n_excluded} detection(s) classified as platelets (clumps) are listed but not counted."
-    sections: list[Section] = [note_section("Summary", summary)]
+    sections: list[Section] = [note_section("Summary", summary), *extra]
     if d.flags or d.warnings:
         lines = [f"{f['flag'].replace('_', ' ')} ({f['basis']}: {f['value']:g}"
                  + (f", reference {f['reference'][0]:g}–{f['reference'][1]:g}" if f.get("reference") else "")

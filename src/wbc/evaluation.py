@@ -38,7 +38,7 @@ class EvalConfig:
     skip_bad: bool = False
     precision: str = "auto"
     batch_size: int = 64
-    backend: str = "torch"
+    backend: str = "auto"
     n_boot: int = 1000
     progress: bool = True
 

@@ -24,7 +24,7 @@ from . import cpu
 from .augment import normalise, to_float
 from .data import load_image
 from .errors import BadImageError, WbcError
-from .modelio import ModelInfo, load_model, resolve_model_path
+from .modelio import ModelInfo, default_int8_path, load_model, resolve_model_path
 from .preprocessing import prepare
 
 
@@ -99,6 +99,7 @@ def onnx_session(model: str | Path | None, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: the quantised graph's harmless "unused initializer" notes stay quiet
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return session, ModelInfo.from_json(meta["wbc"])
 
@@ -195,14 +196,25 @@ class Predictor:
 
 
 def load_predictor(model: str | Path | None = None, **kwargs) -> Classifier:
-    """The right predictor for a model file or run folder (neural ``.safetensors`` or classical ``.skops``)."""
+    """The right predictor for a model file or run folder (neural ``.safetensors``/``.onnx`` or classical ``.skops``).
+
+    ``backend="auto"`` (default): the bundled model runs as its int8 ONNX twin in ONNX Runtime, ``.onnx``
+    files in ONNX Runtime, everything else in torch.
+    """
     path = resolve_model_path(model)
     if path.suffix == ".skops":
         from .classical import ClassicalPredictor
         return ClassicalPredictor(path)
+    backend = kwargs.pop("backend", "auto")
     if path.suffix == ".onnx":
-        kwargs["backend"] = Backend.ONNXRUNTIME
-    return Predictor(path, **kwargs)
+        backend = Backend.ONNXRUNTIME
+    elif backend == "auto":
+        fast = default_int8_path()
+        if model is None and fast.is_file():  # the bundled model's int8 twin (docs/decisions/0009)
+            path, backend = fast, Backend.ONNXRUNTIME
+        else:
+            backend = Backend.TORCH
+    return Predictor(path, backend=backend, **kwargs)
 
 
 def to_prediction(path: Path, probs: np.ndarray, classes: list[str]) -> Prediction:

@@ -54,6 +54,11 @@ def default_model_path() -> Path:
     return Path(str(resources.files("wbc") / "assets" / "default_model.safetensors"))
 
 
+def default_int8_path() -> Path:
+    """The bundled model statically quantised to int8 ONNX (``wbc export --format onnx-int8``)."""
+    return Path(str(resources.files("wbc") / "assets" / "default_model.int8.onnx"))
+
+
 def resolve_model_path(model: str | Path | None) -> Path:
     """``None`` -> bundled default; a run folder -> its model file; a file -> itself."""
     if model is None:
