@@ -82,3 +82,20 @@ def test_monitor_accuracy_keeps_the_most_accurate_epoch(tree, tmp_path):
     accs = [float(r["val_accuracy"]) for r in rows]
     assert res.best_epoch == accs.index(max(accs)) + 1
     assert res.best_val_accuracy == pytest.approx(max(accs), abs=1e-4)
+
+
+def test_fast_recipe_from_the_cli(tree, tmp_path):
+    from wbc.cli import main
+    out = tmp_path / "fast"
+    assert main(["-q", "train", "--fast", "--data", str(tree), "--max-per-class", "4", "--out", str(out)]) == 0
+    cfg = json.loads((out / "run.json").read_text())["config"]
+    assert cfg["arch"] == "mobilenet_v2" and cfg["img_size"] == 128 and cfg["lr"] == 3e-4
+    assert cfg["preprocess"]["crop"] == 0.7 and cfg["class_weights"] and cfg["pretrained"]
+    model, info = load_model(out)
+    assert info.preprocess.img_size == 128 and info.preprocess.crop == 0.7
+
+
+def test_train_without_arch_or_fast_is_a_clear_error(tree, tmp_path, capsys):
+    from wbc.cli import main
+    assert main(["train", "--data", str(tree), "--out", str(tmp_path / "x")]) == 2
+    assert "--arch" in capsys.readouterr().err

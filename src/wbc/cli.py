@@ -67,7 +67,10 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
     _add_input_checks(g)
     t = p.add_argument_group("Training")
     if arch_required:
-        t.add_argument("--arch", required=True, help="registered model name; see `wbc models`")
+        t.add_argument("--arch", default=None, help="registered model name; see `wbc models` (required unless --fast)")
+        t.add_argument("--fast", action="store_true", help="the fastest measured recipe: ImageNet MobileNetV2 (unless "
+                       "--arch), 128 px, WBC-centred crop 0.7, one-cycle Adam 3e-4, class weights, 8 epochs, bf16; "
+                       "overrides --img-size/--lr/--schedule/--epochs (default: off)")
     t.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: 10)")
     t.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the model's own)")
     t.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
@@ -106,7 +109,13 @@ def _train_config(args, arch: str, out: str):
 
 def cmd_train(args) -> int:
     from .training import train
-    res = train(_train_config(args, args.arch, args.out))
+    if not args.arch and not args.fast:
+        raise WbcError("choose a model with --arch NAME (see `wbc models`), or pass --fast")
+    cfg = _train_config(args, args.arch or "mobilenet_v2", args.out)
+    if args.fast:
+        from .training import fast_config
+        cfg = fast_config(cfg, keep_arch=bool(args.arch))
+    res = train(cfg)
     print(f"best epoch {res.best_epoch}/{res.epochs_run}: val loss {res.best_val_loss:.4f}, "
           f"val accuracy {res.best_val_accuracy:.4f}, temperature {res.temperature:.3f}, "
           f"{res.wall_seconds / 60:.1f} min -> {res.model_path}")
