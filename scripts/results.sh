@@ -2,7 +2,7 @@
 # Regenerate every table of docs/results.md (hours on 2 CPU cores; resumable: finished models are reused).
 # Usage: bash scripts/results.sh [STEP...]
 #   steps: splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement
-#          crossdomain adapt
+#          crossdomain adapt ood
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WBC=${WBC:-.venv/bin/wbc}
@@ -10,7 +10,7 @@ D=../shared/data
 K=$D/blood-cells/dataset2-master/dataset2-master/images
 MAP=$D/blood-cells/provenance/dataset2_source_map.csv
 OUT=${OUT:-results}
-steps=${*:-"splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement crossdomain adapt"}
+steps=${*:-"splits default kaggle-random kaggle-honest pbc classical segmentation detection agreement crossdomain adapt ood"}
 CLASSICAL=svm,random-forest,knn,mlp,naive-bayes,logistic-regression
 
 for step in $steps; do case $step in
@@ -70,6 +70,9 @@ crossdomain)  # train on one source, test on the other (needs the pbc and kaggle
   ;;
 adapt)  # few-shot adaptation of the PBC-only model to the Kaggle/BCCD domain (5, 10, 20 cells per class)
   .venv/bin/python scripts/adapt_curve.py --out $OUT/adapt
+  ;;
+ood)  # out-of-distribution images (red cells, platelets, background, non-microscopy) vs the review threshold
+  .venv/bin/python scripts/ood.py --out $OUT/ood
   ;;
 *) echo "unknown step $step" >&2; exit 2;;
 esac; done
