@@ -330,6 +330,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .service import ServiceSettings, serve
+    serve(ServiceSettings(host=args.host, port=args.port, data_dir=Path(args.data_dir), db_url=args.db, token=args.token,
+                          max_file_mb=args.max_file_mb, max_request_mb=args.max_request_mb, max_files=args.max_files,
+                          max_megapixels=args.max_megapixels, model=args.model, precision=args.precision,
+                          batch_size=args.batch_size, backend=args.backend, ranges=args.ranges,
+                          review_threshold=args.review_threshold))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wbc", description="Automated white-blood-cell differential.")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -477,6 +487,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-head", action="store_true", help="keep the classifier head (default: re-fit)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("serve", help="the review workstation and API: upload, review and sign off differentials")
+    g = p.add_argument_group("Server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --token "
+                   "(default: 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    g.add_argument("--token", default=None, help="API token required for every change (default: env WBC_TOKEN, "
+                   "else none, which only loopback allows)")
+    g = p.add_argument_group("Storage")
+    g.add_argument("--data-dir", default="wbc-data", help="uploaded fields, analyses and the SQLite database "
+                   "(default: ./wbc-data)")
+    g.add_argument("--db", default=None, help="database URL, e.g. postgresql://user:pass@host/wbc "
+                   "(default: sqlite in --data-dir)")
+    g = p.add_argument_group("Limits")
+    g.add_argument("--max-file-mb", type=float, default=32, help="largest uploaded image (default: 32)")
+    g.add_argument("--max-request-mb", type=float, default=512, help="largest upload request (default: 512)")
+    g.add_argument("--max-files", type=int, default=500, help="files per request (default: 500)")
+    g.add_argument("--max-megapixels", type=float, default=100, help="largest image, checked before decoding "
+                   "(default: 100)")
+    _add_model(p)
+    g = p.add_argument_group("Analysis")
+    g.add_argument("--ranges", default=None, help="lab reference ranges, JSON or CSV (default: bundled adult ranges)")
+    g.add_argument("--review-threshold", type=float, default=None, help="cells below this calibrated confidence "
+                   "are marked for review (default: the model's own, else 0.7)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a trained model in another format")
     p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")
