@@ -23,7 +23,8 @@ default)  # the bundled model: PBC + Kaggle TRAIN, evaluated once on the held-ou
       --arch mobilenet_v2 --img-size 160 --crop 0.7 --lr 3e-4 --epochs 8 --patience 8 --class-weights \
       --max-per-class 1500 --out runs/default
   $WBC export --model runs/default --half --out src/wbc/assets/default_model.safetensors
-  # review threshold: the kept cells >= 95 % correct on the validation splits of both sources (docs/decisions/0011)
+  # review threshold: the kept cells >= 95 % correct on the validation splits of both sources (docs/decisions/0011);
+  # unknown threshold: 95 % of those validation cells pass as known (docs/decisions/0013)
   $WBC -q calibrate --model src/wbc/assets/default_model.safetensors --data data/splits/pbc.csv \
       --data data/splits/kaggle.csv --target-accuracy 0.95 --out src/wbc/assets/default_model.safetensors
   # the int8 twin that `wbc` runs by default (docs/decisions/0009), activations calibrated on the val splits
@@ -71,8 +72,12 @@ crossdomain)  # train on one source, test on the other (needs the pbc and kaggle
 adapt)  # few-shot adaptation of the PBC-only model to the Kaggle/BCCD domain (5, 10, 20 cells per class)
   .venv/bin/python scripts/adapt_curve.py --out $OUT/adapt
   ;;
-ood)  # out-of-distribution images (red cells, platelets, background, non-microscopy) vs the review threshold
-  .venv/bin/python scripts/ood.py --out $OUT/ood
+ood)  # out-of-distribution images (red cells, platelets, background, non-microscopy): the unknown verdict
+  # (docs/decisions/0013); the val half (with the val splits) chose the score, the test half reports it
+  rm -rf runs/ood && .venv/bin/python scripts/make_ood_set.py runs/ood
+  $WBC -q evaluate-ood --data data/splits/pbc.csv --data data/splits/kaggle.csv --split val --ood runs/ood/val \
+      --out $OUT/ood/val
+  $WBC -q evaluate-ood --data data/splits/pbc.csv --data data/splits/kaggle.csv --ood runs/ood/test --out $OUT/ood
   ;;
 *) echo "unknown step $step" >&2; exit 2;;
 esac; done

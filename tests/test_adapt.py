@@ -55,6 +55,9 @@ def test_adaptation_recovers_accuracy_on_a_shifted_lab(lab, tmp_path):
     assert info.classes == read_info(default_model_path()).classes  # classes not given keep their rows
     assert info.training["adaptation"]["per_class"] == {c: 8 for c in sorted(CLASSES)}
     assert json.loads((tmp_path / "a" / "adapt.json").read_text())["temperature"] > 0
+    # the unknown threshold is re-fitted on the lab's cells (new BatchNorm statistics and head move every energy)
+    assert info.unknown_threshold == s["unknown_threshold"] is not None
+    assert info.unknown_threshold != read_info(default_model_path()).unknown_threshold
 
 
 def test_cli_adapt_and_bad_class(lab, tmp_path, capsys):

@@ -149,6 +149,7 @@ def test_classify_reports_each_bad_file_while_the_others_succeed(client):
     res = r.json()["results"]
     assert res[0]["label"] == "eosinophil" and 0 <= res[0]["confidence"] <= 1
     assert abs(sum(res[0]["probabilities"].values()) - 1) < 1e-4
+    assert res[0]["unknown"] is False and res[3]["unknown"] is True and res[3]["review"] is True  # a flat colour
     assert res[1]["status"] == 415 and "not an image" in res[1]["error"]
     assert res[2]["status"] == 422 and "cut.jpg" in res[2]["error"]
     assert "label" in res[3]

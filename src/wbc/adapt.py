@@ -9,7 +9,8 @@ to minutes (docs/decisions/0008-few-shot-adaptation.md):
    with an L2 pull towards the original head (L2-SP, Li et al. 2018) so classes the lab did not
    label keep their rows and the model keeps what it knew.
 3. **Temperature re-fitted** on shots held out from the head fit (2-fold cross-fitting), so the
-   review threshold means the same on the new lab.
+   review threshold means the same on the new lab; the **unknown threshold** (wbc.ood) is re-fitted on
+   the energies of the same held-out shots, since new BatchNorm statistics and head move every energy.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .errors import WbcError
 from .imageset import decode_images
 from .io import write_csv, write_json
 from .modelio import load_model, resolve_model_path, save_model
+from .ood import energy, unknown_threshold
 
 log = logging.getLogger(__name__)
 
@@ -221,21 +223,28 @@ def adapt(cfg: AdaptConfig) -> dict:
             te = torch.nonzero(fold[: len(y)] == k).squeeze(1)
             logits_out.append(feats[te] @ w.T + b)
             labels_out.append(y[te])
+        held_out = torch.cat(logits_out)  # every unaugmented shot, scored by a head that did not see it
         if len(y) >= 4:
-            t_new = fit_temperature(torch.cat(logits_out), torch.cat(labels_out))
+            t_new = fit_temperature(held_out, torch.cat(labels_out))
         w, b = fit_head(feats, yv, w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
         with torch.no_grad():
             head.weight.copy_(w)
             head.bias.copy_(b)
-    elif len(y) >= 4:
-        t_new = fit_temperature(penultimate(net, x[: len(y)]) @ w0.T + b0, y)
+    else:
+        held_out = penultimate(net, x[: len(y)]) @ w0.T + b0
+        if len(y) >= 4:
+            t_new = fit_temperature(held_out, y)
+    # 95 % of the lab's own cells pass as known; with fewer than 4 shots there is nothing to fit it on
+    t_unknown = unknown_threshold(energy(held_out.numpy())) if len(y) >= 4 and torch.isfinite(held_out).all() \
+        else None
     summary = {"source_model": str(path), "data": [str(d) for d in cfg.data], "classes_given": sorted(set(
         r.label for r in shots)), "shots": len(shots), "per_class": {c: int((y == i).sum()) for i, c in
                                                                    enumerate(info.classes) if (y == i).any()},
         "batchnorm_layers_reestimated": n_bn, "head_refit": cfg.head, "temperature_before": info.temperature,
-        "temperature": t_new, "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "temperature": t_new, "unknown_threshold_before": info.unknown_threshold, "unknown_threshold": t_unknown,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "seconds": round(time.perf_counter() - t0, 1)}
-    info.temperature = t_new
+    info.temperature, info.unknown_threshold = t_new, t_unknown
     info.training = {**info.training, "adaptation": summary}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,10 @@ class AugmentConfig:
     hed: float = 0.0  # stain jitter in haematoxylin-eosin-DAB space (Tellez et al. 2018), e.g. 0.05
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.5-1.5 px): focus differences
     free_rotation: bool = False  # any angle instead of rot90 + small angle
+    hue: float = 0.0  # radians, uniform in [-hue, hue]: rotation of the chroma plane (YIQ), stain hue differences
+    gamma: tuple[float, float] = (1.0, 1.0)  # exponent range: lamp / camera response differences
+    downscale: float = 0.0  # probability of losing resolution (down to 35-80 % of the side and back up)
+    noise: float = 0.0  # maximum standard deviation of additive Gaussian sensor noise (in [0, 1] units)
 
 
 #: Named recipes for ``wbc train --augment`` (measured against each other in docs/decisions/0011-domain-robustness.md).
@@ -33,6 +37,10 @@ PRESETS: dict[str, AugmentConfig] = {
     "standard": AugmentConfig(),
     "stain": AugmentConfig(scale=(0.8, 1.25), translate=0.08, brightness=0.25, contrast=0.25, saturation=0.25,
                            channel_gain=0.05, hed=0.05, blur=0.3, free_rotation=True),
+    # another lab's microscope: stain hue and strength, lamp colour and gamma, focus, camera resolution and noise
+    "robust": AugmentConfig(scale=(0.8, 1.25), translate=0.08, brightness=0.3, contrast=0.3, saturation=0.4,
+                            channel_gain=0.1, hed=0.08, blur=0.3, free_rotation=True, hue=0.15, gamma=(0.7, 1.4),
+                            downscale=0.5, noise=0.03),
 }
 
 # Ruifrok & Johnston (2001) stain vectors, as in skimage.color.hed_from_rgb
@@ -66,6 +74,35 @@ def gaussian_blur(x: torch.Tensor, p: float, generator: torch.Generator) -> torc
     sub = F.conv2d(F.pad(sub, (0, 0, 3, 3), mode="reflect"), k.view(1, 1, 7, 1).repeat(c, 1, 1, 1), groups=c)
     x = x.clone()
     x[pick] = sub
+    return x
+
+
+_YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_FROM_YIQ = torch.linalg.inv(_YIQ_FROM_RGB)
+
+
+def hue_rotate(x: torch.Tensor, max_angle: float, generator: torch.Generator) -> torch.Tensor:
+    """Rotate each image's chroma (the I/Q plane of YIQ) by an angle uniform in ``[-max_angle, max_angle]``."""
+    b = x.shape[0]
+    a = (torch.rand(b, generator=generator) * 2 - 1) * max_angle
+    rot = torch.zeros(b, 3, 3)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = a.cos(), -a.sin(), a.sin(), a.cos()
+    m = _RGB_FROM_YIQ @ rot @ _YIQ_FROM_RGB  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", m, x).clamp_(0, 1)
+
+
+def downscale(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Resample a random share ``p`` of the batch down to 35-80 % of its side and back: a coarser camera."""
+    pick = torch.rand(x.shape[0], generator=generator) < p
+    if not bool(pick.any()):
+        return x
+    f = 0.35 + 0.45 * torch.rand(1, generator=generator).item()
+    size = x.shape[-1]
+    sub = F.interpolate(x[pick], size=max(8, int(round(size * f))), mode="bilinear", antialias=True,
+                        align_corners=False)
+    x = x.clone()
+    x[pick] = F.interpolate(sub, size=size, mode="bilinear", align_corners=False)
     return x
 
 
@@ -109,6 +146,15 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
     x = x.clamp_(0, 1)
     if cfg.hed:
         x = hed_jitter(x, cfg.hed, generator)
+    if cfg.hue:
+        x = hue_rotate(x, cfg.hue, generator)
+    if cfg.gamma != (1.0, 1.0):
+        g = cfg.gamma[0] + u(b, 1, 1, 1) * (cfg.gamma[1] - cfg.gamma[0])
+        x = x.clamp(min=1e-4) ** g
     if cfg.blur:
         x = gaussian_blur(x, cfg.blur, generator)
+    if cfg.downscale:
+        x = downscale(x, cfg.downscale, generator)
+    if cfg.noise:
+        x = (x + torch.randn(x.shape, generator=generator) * (u(b, 1, 1, 1) * cfg.noise)).clamp_(0, 1)
     return x.contiguous(memory_format=torch.channels_last)

@@ -65,24 +65,29 @@ def coverage_at(confidence: np.ndarray, correct: np.ndarray, threshold: float) -
 
 def calibrate_model(model: str | Path | None, data: list[str], out: str | Path, *, split: str | None = "val",
                     groups: str | None = None, target_accuracy: float = 0.98, refit_temperature: bool = True,
-                    progress: bool = True) -> dict:
-    """Fit the temperature and choose the review threshold on labelled (validation) data; write a new model file.
+                    unknown_tpr: float = 0.95, progress: bool = True) -> dict:
+    """Fit the temperature and choose the review and unknown thresholds on labelled (validation) data; write a new
+    model file.
 
-    The threshold is the lowest calibrated confidence at which the cells kept are ``target_accuracy``
-    correct on ``data`` (all the model's classes competing, no restriction). Weights are unchanged
-    (fp16 stays fp16).
+    The review threshold is the lowest calibrated confidence at which the cells kept are ``target_accuracy``
+    correct on ``data`` (all the model's classes competing, no restriction). The unknown threshold is the
+    logit energy that ``unknown_tpr`` of these cells exceed (wbc.ood). Weights are unchanged (fp16 stays fp16).
 
     Raises:
-        WbcError: a classical or ONNX model, unknown classes, or no images in the split.
+        WbcError: a classical or ONNX model, unknown classes, no images in the split, or ``unknown_tpr``
+            outside (0, 1).
     """
     from safetensors import safe_open
 
     from .data import discover
     from .errors import WbcError
-    from .evaluation import evaluation_records, predict_records
+    from .evaluation import evaluation_records
     from .inference import Predictor
     from .modelio import load_model, resolve_model_path, save_model
+    from .ood import energy, unknown_threshold
 
+    if not 0 < unknown_tpr < 1:
+        raise WbcError(f"--unknown-tpr must be in (0, 1), got {unknown_tpr}")
     path = resolve_model_path(model)
     if path.suffix != ".safetensors":
         raise WbcError(f"{path}: calibrate works on neural .safetensors models")
@@ -96,20 +101,24 @@ def calibrate_model(model: str | Path | None, data: list[str], out: str | Path, 
     unknown = sorted({r.label for r in records} - set(predictor.classes))
     if unknown:
         raise WbcError(f"classes {unknown} are not classes of the model {path} ({predictor.classes})")
-    records, probs = predict_records(predictor, records, skip_bad=False, progress=progress)
+    by_path = {r.path: r for r in records}
+    scored = list(predictor.logits_paths([r.path for r in records], progress=progress))
+    records = [by_path[p] for p, _ in scored]
+    logits = torch.from_numpy(np.stack([z for _, z in scored]).astype(np.float32))
     labels = torch.tensor([predictor.classes.index(r.label) for r in records])
     t_old = predictor.info.temperature
-    logits = torch.from_numpy(t_old * np.log(np.clip(probs, 1e-12, 1)))  # logits up to a per-row constant
     t_new = fit_temperature(logits, labels) if refit_temperature else t_old
     p = F.softmax(logits / t_new, dim=1).numpy()
     conf, correct = p.max(1), p.argmax(1) == labels.numpy()
     thr = review_threshold_for(conf, correct, target_accuracy)
+    t_unknown = unknown_threshold(energy(logits.numpy()), unknown_tpr)
     summary = {"data": [str(d) for d in data], "split": split, "temperature_before": t_old, "temperature": t_new,
-               "target_accuracy": target_accuracy, **coverage_at(conf, correct, thr)}
+               "target_accuracy": target_accuracy, **coverage_at(conf, correct, thr),
+               "unknown_threshold": t_unknown, "unknown_tpr": unknown_tpr}
     net, info = load_model(path)
     with safe_open(str(path), framework="pt") as fh:
         half = any(fh.get_slice(k).get_dtype() == "F16" for k in list(fh.keys())[:5])
-    info.temperature, info.review_threshold = t_new, thr
+    info.temperature, info.review_threshold, info.unknown_threshold = t_new, thr, t_unknown
     info.training = {**info.training, "calibration": summary}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def _add_preprocessing(p: argparse.ArgumentParser) -> None:
                    help="centre a square of this fraction of the short side on the WBC, e.g. 0.7 (default: whole image)")
     g.add_argument("--denoise", default=None, help="median | gaussian | bilateral | nlmeans (default: none)")
     g.add_argument("--contrast", default=None, help="clahe | histeq on luminance (default: none)")
-    g.add_argument("--stain-norm", default=None, help="reinhard | macenko (default: none)")
+    g.add_argument("--stain-norm", default=None, help="reinhard | macenko | background (white balance on the plasma) (default: none)")
     g.add_argument("--stain-reference", default=None, help="reference image for --stain-norm (default: built-in)")
 
 
@@ -136,31 +136,35 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .data import image_files, handle_bad
     from .errors import BadImageError
-    from .inference import load_predictor, to_prediction
+    from .inference import load_predictor, predict_files
     paths = image_files(args.paths)
     if not paths:
         raise WbcError(f"no images found in {' '.join(args.paths)}")
     predictor = load_predictor(args.model, precision=args.precision, batch_size=args.batch_size,
                                backend=args.backend)
     bad: list[BadImageError] = []
-    preds = [to_prediction(p, probs, predictor.classes)
-             for p, probs in predictor.predict_paths(paths, skip_bad=args.skip_bad, progress=not args.quiet, bad=bad)]
+    preds = list(predict_files(predictor, paths, skip_bad=args.skip_bad, progress=not args.quiet, bad=bad))
     handle_bad(bad, args.skip_bad)  # default: fail with the first few bad files and the count
     if args.format == "json":
         print(json.dumps([{"path": str(p.path), "label": p.label, "confidence": round(p.confidence, 4),
+                           "unknown": p.unknown, "ood_score": None if p.ood_score is None else round(p.ood_score, 4),
                            "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}} for p in preds],
                          indent=2))
     elif args.format == "csv":
         import csv
         w = csv.writer(sys.stdout)
-        w.writerow(["path", "label", "confidence"] + predictor.classes)
+        w.writerow(["path", "label", "confidence"] + predictor.classes + ["unknown", "ood_score"])
         for p in preds:
-            w.writerow([p.path, p.label, f"{p.confidence:.4f}"] + [f"{p.probabilities[c]:.4f}" for c in predictor.classes])
+            w.writerow([p.path, p.label, f"{p.confidence:.4f}"] + [f"{p.probabilities[c]:.4f}" for c in predictor.classes]
+                       + [int(p.unknown), "" if p.ood_score is None else f"{p.ood_score:.4f}"])
     else:
         width = max([len(str(p.path)) for p in preds] + [4])
         print(f"{'image':<{width}}  {'type':<13} confidence")
-        for p in preds:
-            print(f"{str(p.path):<{width}}  {p.label:<13} {p.confidence:.3f}")
+        for p in preds:  # unknown: unlike any cell the model knows (docs/decisions/0013); its best guess stays shown
+            print(f"{str(p.path):<{width}}  {p.label:<13} {p.confidence:.3f}" + ("  UNKNOWN" * p.unknown))
+    if any(p.unknown for p in preds):
+        print(f"{sum(p.unknown for p in preds)} of {len(preds)} images are unlike any cell the model knows "
+              "(unknown): not a white blood cell, or another lab's images", file=sys.stderr)
     return 0
 
 
@@ -240,7 +244,9 @@ def cmd_count(args) -> int:
     for r in results:
         d = r.differential
         pct = ", ".join(f"{k} {v:.0f}%" for k, v in d.percent.items() if v)
+        n_unknown = sum(c.unknown for c in r.cells)
         print(f"{d.sample_id}: {d.n_cells} WBC in {d.n_images} field(s), {d.n_review} for review"
+              + (f" ({n_unknown} unknown: unlike any cell the model knows)" if n_unknown else "")
               + (f"; {pct}" if pct else "") + (f"; flags: {', '.join(d.flags)}" if d.flags else "")
               + f" -> {r.out_dir / 'report.html'}")
     return 0
@@ -304,10 +310,11 @@ def cmd_calibrate(args) -> int:
     from .calibration import calibrate_model
     s = calibrate_model(args.model, args.data, args.out, split=args.split or None, groups=args.groups,
                         target_accuracy=args.target_accuracy, refit_temperature=not args.keep_temperature,
-                        progress=not args.quiet)
+                        unknown_tpr=args.unknown_tpr, progress=not args.quiet)
     print(f"temperature {s['temperature_before']:.3f} -> {s['temperature']:.3f}; review threshold "
           f"{s['threshold']:.3f}: {100 * s['review_share']:.1f} % of {s['n']} cells to review, "
-          f"{100 * s['accuracy_kept']:.1f} % of the rest correct -> {args.out}")
+          f"{100 * s['accuracy_kept']:.1f} % of the rest correct; unknown below energy "
+          f"{s['unknown_threshold']:.2f} -> {args.out}")
     return 0
 
 
@@ -319,7 +326,24 @@ def cmd_adapt(args) -> int:
     print(f"adapted on {s['shots']} cells ({', '.join(f'{k} {v}' for k, v in s['per_class'].items())}): "
           f"{s['batchnorm_layers_reestimated']} BatchNorm layers re-estimated, head "
           f"{'re-fitted' if s['head_refit'] else 'kept'}, temperature {s['temperature_before']:.2f} -> "
-          f"{s['temperature']:.2f}, {s['seconds']:.0f} s -> {Path(args.out) / 'model.safetensors'}")
+          f"{s['temperature']:.2f}, unknown below energy "
+          f"{'(not fitted: < 4 cells)' if s['unknown_threshold'] is None else format(s['unknown_threshold'], '.2f')}, "
+          f"{s['seconds']:.0f} s -> {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
+def cmd_evaluate_ood(args) -> int:
+    from .ood import run_ood_evaluation
+    r = run_ood_evaluation(args.model, args.data, args.ood, args.out, split=args.split, groups=args.groups,
+                           threshold=args.threshold, backend=args.backend, precision=args.precision,
+                           batch_size=args.batch_size, progress=not args.quiet)
+    print(f"{r['score']} score, unknown below {r['threshold']:.3f} ({r['threshold_source']}): {r['n_in']} "
+          f"in-distribution images, {100 * r['in_unknown']:.1f} % of them called unknown")
+    for kind, k in {**r["kinds"], "all": r["all"]}.items():
+        base = f" (MSP {k['auroc_msp']:.3f})" if "auroc_msp" in k else ""
+        print(f"  {kind:<16} n {k['n']:4d}  AUROC {k['auroc']:.3f}{base}  FPR at 95 % TPR "
+              f"{100 * k['fpr_at_95_tpr']:5.1f} %  called unknown {100 * k['unknown']:5.1f} %")
+    print(f"-> {Path(args.out) / 'ood.json'}")
     return 0
 
 
@@ -346,11 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="classify single-cell images")
+    p = sub.add_parser("predict", help="classify single-cell images; UNKNOWN marks an image unlike any cell the "
+                       "model knows (docs/decisions/0013)")
     p.add_argument("paths", nargs="+", help="images or folders")
     _add_model(p)
     g = p.add_argument_group("Output")
-    g.add_argument("--format", choices=["table", "csv", "json"], default="table", help="(default: table)")
+    g.add_argument("--format", choices=["table", "csv", "json"], default="table", help="csv and json add the "
+                   "unknown flag and the OOD score (logit energy; the max probability for classical models, which "
+                   "call nothing unknown) (default: table)")
     _add_input_checks(g)
     p.set_defaults(func=cmd_predict)
 
@@ -442,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: <stem>.png and contact_sheet.png")
     p.add_argument("--denoise", default=None, help="median | gaussian | bilateral | nlmeans (default: none)")
     p.add_argument("--contrast", default=None, help="clahe | histeq on luminance (default: none)")
-    p.add_argument("--stain-norm", default=None, help="reinhard | macenko (default: none)")
+    p.add_argument("--stain-norm", default=None, help="reinhard | macenko | background (white balance on the plasma) (default: none)")
     p.add_argument("--stain-reference", default=None, help="reference image for --stain-norm (default: built-in)")
     _add_input_checks(p)
     p.set_defaults(func=cmd_preprocess, crop=None)
@@ -461,14 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_checks(p)
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("calibrate", help="fit temperature and the review threshold on validation data")
+    p = sub.add_parser("calibrate", help="fit temperature, the review and the unknown threshold on validation data")
     p.add_argument("--model", "-m", default=None, help="run folder or .safetensors model (default: the bundled model)")
     p.add_argument("--data", action="append", required=True, help="labelled validation data; repeat to combine")
     p.add_argument("--split", default="val", help="split of a manifest to use; '' for all images (default: val)")
     p.add_argument("--groups", default=None, help="CSV mapping images to groups (default: none)")
     p.add_argument("--target-accuracy", type=float, default=0.98,
                    help="accuracy the cells kept out of review must reach on this data (default: 0.98)")
-    p.add_argument("--keep-temperature", action="store_true", help="only choose the threshold (default: refit)")
+    p.add_argument("--keep-temperature", action="store_true", help="only choose the thresholds (default: refit)")
+    p.add_argument("--unknown-tpr", type=float, default=0.95, help="share of these cells that must pass as known; "
+                   "images scoring below the rest are called unknown (docs/decisions/0013) (default: 0.95)")
     p.add_argument("--out", required=True, help="model file to write (may be the input file)")
     p.set_defaults(func=cmd_calibrate)
 
@@ -487,6 +516,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-head", action="store_true", help="keep the classifier head (default: re-fit)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("evaluate-ood", help="how well the model tells its cells from other images (the unknown "
+                       "verdict, docs/decisions/0013)")
+    g = p.add_argument_group("Input")
+    g.add_argument("--data", action="append", required=True, help="cells the model should know (folder or manifest; "
+                   "its test split if it has one); repeat to combine")
+    g.add_argument("--ood", action="append", required=True, help="images that are not such cells, or folders of them "
+                   "(sub-folders are reported as kinds, e.g. OUT/test of scripts/make_ood_set.py); repeatable")
+    g.add_argument("--split", default=None, help="split of --data (default: 'test' when it has one, else all)")
+    g.add_argument("--groups", default=None, help="CSV mapping images to groups (default: none)")
+    _add_model(p)
+    a = p.add_argument_group("Algorithm")
+    a.add_argument("--threshold", type=float, default=None, help="unknown threshold on the score (default: the "
+                   "model's own; a classical model has none: the 95 %% TPR point of --data, reported only)")
+    o = p.add_argument_group("Output")
+    o.add_argument("--out", required=True, help="output folder: ood.json, scores.csv")
+    p.set_defaults(func=cmd_evaluate_ood)
 
     p = sub.add_parser("serve", help="the review workstation and API: upload, review and sign off differentials")
     g = p.add_argument_group("Server")

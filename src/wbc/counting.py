@@ -7,8 +7,9 @@ For each sample (a folder of field photos, or ``--sample-id`` for everything giv
 2. the red-cell diameter is estimated per field and pooled over the sample (the magnification);
 3. every WBC is detected (:func:`wbc.detection.detect_wbcs`, tiled for large images), cut out the
    way the classifier was trained (:func:`classifier_window`) and classified; a cell whose
-   calibrated confidence is below the review threshold is marked for review, and so is every
-   cell of a field with a quality warning;
+   calibrated confidence is below the review threshold is marked for review, and so is a cell the
+   model calls unknown (unlike any cell it knows, :mod:`wbc.ood`) and every cell of a field with a
+   quality warning. Cells marked for review are counted all the same, and listed;
 4. the differential (:mod:`wbc.differential`) is computed against the reference ranges and written
    with ``cells.csv``, ``annotated/<stem>.png`` and ``report.html``.
 """
@@ -38,6 +39,7 @@ from .differential import (LEUKOCYTES, MIN_CELLS, TYPE_COLOURS, Differential, co
                            plot_differential)
 from .errors import BadImageError, WbcError
 from .io import write_bytes, write_csv, write_json
+from .ood import OodScore, is_unknown, model_threshold, score_arrays, score_images, score_kind
 from .preprocessing import PreprocessConfig, prepare
 from .reference_ranges import load_ranges, select_band
 from .report import Section, html_table, note_section, table_section, write_html_report
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 #: wrong about 3 times in 10 or more; on the 69 held-out BCCD fields 55/56 cells above it were right
 #: and 7/13 below it (docs/decisions/0006).
 DEFAULT_REVIEW_THRESHOLD = 0.7
+#: Review reason of a cell the model calls unknown (docs/decisions/0013).
+UNKNOWN_REASON = "unknown: unlike any cell the model knows"
 #: Quality flags that send every cell of the field to review (the cells are still counted).
 REVIEW_FLAGS = frozenset({Quality.OUT_OF_FOCUS, Quality.OVER_EXPOSED, Quality.UNDER_EXPOSED, Quality.SCALE_UNKNOWN})
 #: Fields whose pixels are kept between the two passes while the sample stays under this size.
@@ -96,6 +100,7 @@ class CellRecord:
     at_edge: bool
     probabilities: dict[str, float]
     thumbnail: bytes = b""  # JPEG for the report gallery
+    unknown: bool = False  # unlike any cell the model knows (wbc.ood): marked for review too
 
 
 @dataclass
@@ -204,18 +209,24 @@ def classifier_window(img: Image.Image, box: tuple[int, int, int, int], rbc_px: 
     return img.crop((x0, y0, x0 + ww, y0 + wh)), bool(preprocess.crop)
 
 
-def classify_cells(predictor, img: Image.Image, cells: list[Cell], rbc_px: float) -> np.ndarray:
-    """Calibrated class probabilities ``(len(cells), C)`` for the detected cells of one field."""
+def score_cells(predictor, img: Image.Image, cells: list[Cell], rbc_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated class probabilities ``(len(cells), C)`` and OOD scores ``(len(cells),)`` (:mod:`wbc.ood`)
+    for the detected cells of one field."""
     if not cells:
-        return np.zeros((0, len(predictor.classes)))
+        return np.zeros((0, len(predictor.classes))), np.zeros(0)
     pre: PreprocessConfig = predictor.info.preprocess
     windows = [classifier_window(img, c.box, rbc_px, pre) for c in cells]
-    if hasattr(predictor, "predict_arrays"):  # neural: apply the model's preprocessing minus the centring
+    if score_kind(predictor) is OodScore.ENERGY:  # neural: apply the model's preprocessing minus the centring
         arrays = np.stack([prepare(w, replace(pre, crop=None) if cropped else pre) for w, cropped in windows])
-        return predictor.predict_arrays(arrays)
+        return score_arrays(predictor, arrays)
     # other predictors centre on the cell themselves: give them the reference-field window
     ctx = replace(pre, crop=None)
-    return predictor.predict_images([classifier_window(img, c.box, rbc_px, ctx)[0] for c in cells])
+    return score_images(predictor, [classifier_window(img, c.box, rbc_px, ctx)[0] for c in cells])
+
+
+def classify_cells(predictor, img: Image.Image, cells: list[Cell], rbc_px: float) -> np.ndarray:
+    """Calibrated class probabilities ``(len(cells), C)`` for the detected cells of one field."""
+    return score_cells(predictor, img, cells, rbc_px)[0]
 
 
 def review_threshold(predictor, override: float | None) -> float:
@@ -335,6 +346,7 @@ def count_sample(sample: Sample, out_dir: Path, predictor, cfg: CountConfig) -> 
     det_cfg = cfg.detection
     classes = list(predictor.classes)
     threshold = review_threshold(predictor, cfg.review_threshold)
+    unknown_thr = model_threshold(predictor)
     images = [ImageSummary(str(p)) for p in sample.paths]
     stems = _unique_stems(sample.paths)
 
@@ -392,16 +404,17 @@ def count_sample(sample: Sample, out_dir: Path, predictor, cfg: CountConfig) -> 
         for flag in field_flags:
             log.warning("%s: %s", p, flag.replace("_", " "))
         img = Image.fromarray(rgb)
-        probs = classify_cells(predictor, img, cells, rbc)
+        probs, scores = score_cells(predictor, img, cells, rbc)
         field_review = [f for f in field_flags if f in REVIEW_FLAGS]
         field_records = []
-        for cell, pr in zip(cells, probs):
+        for cell, pr, unknown in zip(cells, probs, is_unknown(scores, unknown_thr)):
             k = int(np.argmax(pr))
             conf = float(pr[k])
-            reasons = ([f"confidence < {threshold:g}"] if conf < threshold else []) + field_review
+            reasons = (([f"confidence < {threshold:g}"] if conf < threshold else []) + [UNKNOWN_REASON] * bool(unknown)
+                       + field_review)
             rec = CellRecord(str(p), len(records) + len(field_records) + 1, cell.box, classes[k], conf, bool(reasons),
                              "; ".join(reasons), cell.at_edge, {c: float(v) for c, v in zip(classes, pr)},
-                             _thumbnail(rgb, cell.box))
+                             _thumbnail(rgb, cell.box), bool(unknown))
             field_records.append(rec)
         records += field_records
         summary.n_cells = len(cells)
@@ -429,26 +442,36 @@ def count_sample(sample: Sample, out_dir: Path, predictor, cfg: CountConfig) -> 
         diff.warnings.append(f"{n} field(s) flagged {f.replace('_', ' ')}")
     if not scale_known:
         diff.warnings.append("no red cells to measure the magnification: the BCCD scale was assumed")
+    if unknown := [r for r in records if r.unknown]:
+        diff.warnings.append(unknown_warning(unknown))
     result = SampleResult(sample.sample_id, out_dir, diff, records, images, rbc if scale_known else None,
                           time.perf_counter() - t_start)
-    write_outputs(result, classes, cfg, threshold)
+    write_outputs(result, classes, cfg, threshold, unknown_thr)
     return result
+
+
+def unknown_warning(cells: list[CellRecord], shown: int = 20) -> str:
+    """The differential's warning listing the cells the model called unknown (they are counted, for review)."""
+    ids = ", ".join(f"#{r.cell_id}" for r in cells[:shown]) + (" ..." if len(cells) > shown else "")
+    return (f"{len(cells)} detection(s) unlike any cell the model knows (unknown: perhaps not a white blood cell, "
+            f"or a stain or scale it never saw) are counted under their best guess and marked for review: {ids}")
 
 
 def _cells_rows(records: list[CellRecord], classes: list[str]) -> tuple[list[dict], list[str]]:
     fields = ["image", "cell_id", "x_min", "y_min", "x_max", "y_max", "label", "confidence", "review",
-              "review_reason", "at_edge"] + [f"prob_{c}" for c in classes]
+              "review_reason", "unknown", "at_edge"] + [f"prob_{c}" for c in classes]
     rows = []
     for r in records:
         row = {"image": r.image, "cell_id": r.cell_id, "x_min": r.box[0], "y_min": r.box[1], "x_max": r.box[2],
                "y_max": r.box[3], "label": r.label, "confidence": f"{r.confidence:.4f}", "review": int(r.review),
-               "review_reason": r.review_reason, "at_edge": int(r.at_edge)}
+               "review_reason": r.review_reason, "unknown": int(r.unknown), "at_edge": int(r.at_edge)}
         row.update({f"prob_{c}": f"{r.probabilities[c]:.4f}" for c in classes})
         rows.append(row)
     return rows, fields
 
 
-def write_outputs(res: SampleResult, classes: list[str], cfg: CountConfig, threshold: float) -> None:
+def write_outputs(res: SampleResult, classes: list[str], cfg: CountConfig, threshold: float,
+                  unknown_threshold: float | None = None) -> None:
     """``cells.csv``, ``differential.json``, ``differential.png`` and ``report.html`` of one sample."""
     out = res.out_dir
     rows, fields = _cells_rows(res.cells, classes)
@@ -457,6 +480,7 @@ def write_outputs(res: SampleResult, classes: list[str], cfg: CountConfig, thres
     d["images"] = [{"image": s.image, "width": s.width, "height": s.height, "n_cells": s.n_cells,
                     "quality": s.quality, "error": s.error, "annotated": s.annotated} for s in res.images]
     d["method"] = {"model": str(cfg.model) if cfg.model else "bundled default", "review_threshold": threshold,
+                   "unknown_threshold": unknown_threshold, "n_unknown": sum(r.unknown for r in res.cells),
                    "rbc_px": res.rbc_px, "detection": cfg.detection.to_dict(),
                    "seconds": round(res.seconds, 3)}
     write_json(out / "differential.json", d)
@@ -483,7 +507,7 @@ def _gallery(records: list[CellRecord], per_type: int) -> str:
         figs = []
         for r in cells[:per_type]:
             border = "3px dashed #9a6700" if r.review else "1px solid #d0d7de"
-            cap = f"#{r.cell_id} {r.confidence:.2f}" + (" review" if r.review else "")
+            cap = f"#{r.cell_id} {r.confidence:.2f}" + (" unknown" if r.unknown else " review" if r.review else "")
             img = _img_tag(r.thumbnail, cap, style=f"width:96px;height:96px;object-fit:contain;border:{border}")
             figs.append(f'<figure style="margin:0;width:100px;text-align:center">{img}'
                         f'<figcaption style="font-size:.75rem">{escape(cap)}</figcaption></figure>')
@@ -498,7 +522,8 @@ def write_report(res: SampleResult, cfg: CountConfig, threshold: float, extra: S
     d = res.differential
     n_img = sum(s.error is None for s in res.images)
     summary = (f"Sample {d.sample_id}: {d.n_cells} leukocytes counted in {n_img} field(s); {d.n_review} marked "
-               f"for review (calibrated confidence < {threshold:g}, or a field with a quality warning). "
+               f"for review (calibrated confidence < {threshold:g}, unknown to the model, or a field with a quality "
+               "warning). "
                f"Reference ranges: {d.reference_ranges.get('name')} — band {d.reference_ranges.get('label')}.")
     if d.nrbc_per_100_wbc is not None:
         summary += f"\n\nErythroblasts: {d.nrbc_per_100_wbc:g} per 100 leukocytes (not in the differential)."

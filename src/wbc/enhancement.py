@@ -56,6 +56,7 @@ class Contrast(StrEnum):
 class StainNorm(StrEnum):
     REINHARD = "reinhard"
     MACENKO = "macenko"
+    BACKGROUND = "background"
 
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -284,9 +285,33 @@ def stain_macenko(rgb: np.ndarray, options: dict | None = None) -> np.ndarray:
     return out
 
 
+def stain_background(rgb: np.ndarray, options: dict | None = None) -> np.ndarray:
+    """White balance on the plasma: scale each channel so that the image's own light-source colour
+    (:func:`background_rgb`) becomes the reference's.
+
+    Cancels the lamp colour and camera white balance of another microscope (PBC's peach plasma vs
+    BCCD's grey-blue) without touching how the cells themselves are stained relative to the plasma;
+    it does not depend on how much of the image the cell covers, unlike Reinhard's statistics.
+    """
+    _, ref_path = _reference_rgb(options)
+    step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / 10000))))  # ~10k pixels give the plasma colour
+    gain = _reference_background(ref_path) / np.maximum(background_rgb(rgb[::step, ::step]), 1.0)
+    lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0, 255).astype(np.uint8)  # (256, 3)
+    out = cv2.LUT(np.ascontiguousarray(rgb), lut.reshape(256, 1, 3))
+    fill = rgb.max(axis=2) <= 25
+    out[fill] = rgb[fill]  # keep augmentation fill black
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _reference_background(path: str) -> np.ndarray:
+    return background_rgb(_load_reference(path))
+
+
 STAIN_NORMALISERS: dict[StainNorm, Callable[[np.ndarray, dict | None], np.ndarray]] = {
     StainNorm.REINHARD: stain_reinhard,
     StainNorm.MACENKO: stain_macenko,
+    StainNorm.BACKGROUND: stain_background,
 }
 
 

@@ -2,7 +2,8 @@
 
 Outputs in OUT_DIR: ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``,
 ``roc.png``, ``reliability.png``, ``coverage.png``, ``misclassified.png`` and a
-self-contained ``report.html`` showing all of it.
+self-contained ``report.html`` showing all of it. Every cell also gets its out-of-distribution
+score and unknown verdict (:mod:`wbc.ood`); ``metrics.json["unknown"]`` reports their share.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .errors import BadImageError, WbcError
 from .inference import Classifier, load_predictor
 from .io import write_csv, write_json
 from .metrics import classification_metrics, coverage_curve, expected_calibration_error, restrict_to_classes
+from .ood import is_unknown, model_threshold, score_kind, score_paths
 from .report import image_section, metrics_section, note_section, table_section, write_html_report
 
 log = logging.getLogger(__name__)
@@ -54,16 +56,19 @@ def evaluation_records(ds: Dataset, split: str | None) -> tuple[list[ImageRecord
 
 
 def predict_records(predictor: Classifier, records: list[ImageRecord], *, skip_bad: bool, progress: bool
-                    ) -> tuple[list[ImageRecord], np.ndarray]:
-    """Probabilities for every readable record (unreadable ones fail, or are skipped with ``skip_bad``)."""
+                    ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray]:
+    """Probabilities and OOD scores (:func:`wbc.ood.score_paths`) for every readable record (unreadable ones
+    fail, or are skipped with ``skip_bad``)."""
     by_path = {r.path: r for r in records}
     bad: list[BadImageError] = []
-    kept, probs = [], []
-    for path, p in predictor.predict_paths([r.path for r in records], skip_bad=skip_bad, progress=progress, bad=bad):
+    kept, probs, scores = [], [], []
+    for path, p, s in score_paths(predictor, [r.path for r in records], skip_bad=skip_bad, progress=progress,
+                                  bad=bad):
         kept.append(by_path[path])
         probs.append(p)
+        scores.append(s)
     handle_bad(bad, skip_bad)
-    return kept, (np.stack(probs) if probs else np.zeros((0, len(predictor.classes))))
+    return kept, (np.stack(probs) if probs else np.zeros((0, len(predictor.classes)))), np.array(scores, float)
 
 
 def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
@@ -82,7 +87,7 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
     if unknown:
         raise WbcError(f"{cfg.data}: class(es) {unknown} are unknown to the model (it knows {model_classes})")
     out.mkdir(parents=True, exist_ok=True)
-    records, probs_all = predict_records(predictor, records, skip_bad=cfg.skip_bad, progress=cfg.progress)
+    records, probs_all, ood_scores = predict_records(predictor, records, skip_bad=cfg.skip_bad, progress=cfg.progress)
     if not records:
         raise WbcError(f"{cfg.data}: no readable images to evaluate")
     restricted = cfg.restrict and len(data_classes) < len(model_classes)
@@ -102,10 +107,13 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
         "temperature": predictor.info.temperature, "seconds": round(time.perf_counter() - t0, 1),
     })
     pred = probs.argmax(1)
+    unknown_thr = model_threshold(predictor)
+    unknown = is_unknown(ood_scores, unknown_thr)
+    metrics["unknown"] = unknown_summary(unknown, y == pred, unknown_thr, score_kind(predictor))
     rows = []
-    for r, yi, pi, p in zip(records, y, pred, probs):
+    for r, yi, pi, p, s, u in zip(records, y, pred, probs, ood_scores, unknown):
         row = {"path": str(r.path), "true": classes[yi], "predicted": classes[pi], "confidence": round(float(p[pi]), 5),
-               "correct": int(yi == pi), "group": r.group or ""}
+               "correct": int(yi == pi), "group": r.group or "", "ood_score": round(float(s), 4), "unknown": int(u)}
         row.update({f"p_{c}": round(float(v), 5) for c, v in zip(classes, p)})
         rows.append(row)
     write_csv(out / "predictions.csv", rows, list(rows[0]))
@@ -144,6 +152,7 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
         table_section("Coverage needed for a target accuracy", metrics["coverage_at_accuracy"]),
         *([table_section("The model's review threshold on this data", [metrics["review"]])] if "review" in metrics
           else []),
+        note_section("Unknown (out-of-distribution) images", unknown_text(metrics["unknown"])),
         image_section(f"Misclassified examples ({len(wrong)}, most confident first)", out / "misclassified.png"),
     ]
     extra = getattr(predictor, "report_sections", None)
@@ -151,6 +160,26 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
         sections += extra([classes[i] for i in y], out)
     write_html_report(out / "report.html", f"Evaluation: {predictor.info.arch} on {Path(cfg.data).name}", sections)
     return metrics
+
+
+def unknown_summary(unknown: np.ndarray, correct: np.ndarray, threshold: float | None, score: str) -> dict:
+    """``metrics.json["unknown"]``: how many of these (real, labelled) cells the model calls unknown."""
+    unknown, correct = np.asarray(unknown, bool), np.asarray(correct, bool)
+    return {"score": str(score), "threshold": threshold, "n": int(unknown.sum()),
+            "share": float(unknown.mean()) if len(unknown) else 0.0,
+            "accuracy_unknown": float(correct[unknown].mean()) if unknown.any() else None,
+            "accuracy_known": float(correct[~unknown].mean()) if (~unknown).any() else None}
+
+
+def unknown_text(u: dict) -> str:
+    if u["threshold"] is None:
+        return ("This model gives no unknown verdict (a classical model, or one calibrated before the rule existed: "
+                "re-fit it with `wbc calibrate`); see docs/decisions/0013.")
+    acc = f"; the model was right on {100 * u['accuracy_unknown']:.1f} % of them" if u["n"] else ""
+    return (f"{u['n']} of these labelled cells ({100 * u['share']:.1f} %) were called unknown (logit energy below "
+            f"{u['threshold']:.3f}, docs/decisions/0013){acc}. On real cells of the model's own kind about 5 % is "
+            "expected; far more means these images differ from what the model was trained on (another lab, stain "
+            "or magnification): adapt (`wbc adapt`) or re-calibrate (`wbc calibrate`) before trusting it.")
 
 
 def _coverage_table(cov: np.ndarray, acc: np.ndarray, thr: np.ndarray) -> list[dict]:

@@ -34,6 +34,8 @@ class Prediction:
     label: str
     confidence: float
     probabilities: dict[str, float]
+    unknown: bool = False  # unlike any cell the model knows: energy below the model's threshold (wbc.ood)
+    ood_score: float | None = None  # logit energy (neural) or max probability (classical); higher = more familiar
 
 
 class Classifier(Protocol):
@@ -165,14 +167,27 @@ class Predictor:
         """Calibrated class probabilities for preprocessed uint8 arrays (N, S, S, 3)."""
         return softmax_np(self.logits_arrays(arrays), self.info.temperature)
 
-    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
+    def logits_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Raw logits for PIL images (the model's preprocessing applied)."""
         arrays = np.stack([prepare(im.convert("RGB"), self.info.preprocess) for im in images]) if images else \
             np.zeros((0, self.info.preprocess.img_size, self.info.preprocess.img_size, 3), np.uint8)
-        return self.predict_arrays(arrays)
+        return self.logits_arrays(arrays)
+
+    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
+        return softmax_np(self.logits_images(images), self.info.temperature)
 
     def predict_paths(self, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
                       bad: list[BadImageError] | None = None) -> Iterator[tuple[Path, np.ndarray]]:
         """Yield ``(path, probabilities)`` per readable image; unreadable ones go to ``bad``."""
+        return self._stream(paths, self.predict_arrays, skip_bad=skip_bad, progress=progress, bad=bad)
+
+    def logits_paths(self, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
+                     bad: list[BadImageError] | None = None) -> Iterator[tuple[Path, np.ndarray]]:
+        """Yield ``(path, raw logits)`` per readable image (for out-of-distribution scores, wbc.ood)."""
+        return self._stream(paths, self.logits_arrays, skip_bad=skip_bad, progress=progress, bad=bad)
+
+    def _stream(self, paths: Iterable[Path], run, *, skip_bad: bool, progress: bool,
+                bad: list[BadImageError] | None) -> Iterator[tuple[Path, np.ndarray]]:
         paths = [Path(p) for p in paths]
         workers = 1 if len(paths) > 2 * self.batch_size else 0
         loader = DataLoader(_Files(paths, self.info), batch_size=self.batch_size, num_workers=workers,
@@ -188,9 +203,9 @@ class Predictor:
                     if not skip_bad and bad is None:
                         raise exc
             if ok:
-                probs = self.predict_arrays(np.stack([a for _, a in ok]))
-                for (i, _), p in zip(ok, probs):
-                    yield paths[i], p
+                out = run(np.stack([a for _, a in ok]))
+                for (i, _), row in zip(ok, out):
+                    yield paths[i], row
             bar.update(len(items))
         bar.close()
 
@@ -217,6 +232,22 @@ def load_predictor(model: str | Path | None = None, **kwargs) -> Classifier:
     return Predictor(path, backend=backend, **kwargs)
 
 
-def to_prediction(path: Path, probs: np.ndarray, classes: list[str]) -> Prediction:
+def to_prediction(path: Path, probs: np.ndarray, classes: list[str], ood_score: float | None = None,
+                  unknown_threshold: float | None = None) -> Prediction:
     k = int(np.argmax(probs))
-    return Prediction(path, classes[k], float(probs[k]), {c: float(p) for c, p in zip(classes, probs)})
+    unknown = ood_score is not None and unknown_threshold is not None and ood_score < unknown_threshold
+    return Prediction(path, classes[k], float(probs[k]), {c: float(p) for c, p in zip(classes, probs)}, unknown,
+                      ood_score)
+
+
+def predict_files(predictor: Classifier, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
+                  bad: list[BadImageError] | None = None) -> Iterator[Prediction]:
+    """A :class:`Prediction` per readable image, with the out-of-distribution score and ``unknown`` flag.
+
+    ``unknown`` follows the model's ``unknown_threshold`` (docs/decisions/0013); a model without one
+    (classical, or trained before it existed) never calls an image unknown.
+    """
+    from .ood import model_threshold, score_paths
+    thr = model_threshold(predictor)
+    for path, probs, score in score_paths(predictor, paths, skip_bad=skip_bad, progress=progress, bad=bad):
+        yield to_prediction(path, probs, predictor.classes, score, thr)

@@ -34,6 +34,7 @@ class ModelInfo:
     preprocess: PreprocessConfig
     temperature: float = 1.0  # softmax temperature fitted on validation data (1 = uncalibrated)
     review_threshold: float | None = None  # confidence below which a cell goes to review
+    unknown_threshold: float | None = None  # logit energy below which an image is "unknown" (wbc.ood)
     training: dict[str, Any] = field(default_factory=dict)  # provenance: data, command, epochs, metrics
 
     def to_json(self) -> str:

@@ -35,6 +35,7 @@ from .errors import WbcError
 from .imageset import decode_images
 from .modelio import ModelInfo, save_model
 from .models.registry import ModelKind, count_parameters, get_spec
+from .ood import energy, unknown_threshold
 from .preprocessing import PreprocessConfig
 from .splits import check_disjoint, split_off, write_split_manifest
 
@@ -352,8 +353,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     best_model, info = load_model(run_dir / "model.safetensors")
     temperature = 1.0
     if len(y_val) >= 20:
-        temperature = fit_temperature(predict_logits(best_model.to(memory_format=torch.channels_last), x_val, pre,
-                                                     cfg.precision), y_val)
+        val_logits = predict_logits(best_model.to(memory_format=torch.channels_last), x_val, pre, cfg.precision)
+        temperature = fit_temperature(val_logits, y_val)
+        if torch.isfinite(val_logits).all():  # the unknown rule: 95 % of validation cells pass (docs/decisions/0013)
+            info.unknown_threshold = unknown_threshold(energy(val_logits.numpy()))
     info.temperature = temperature
     wall = time.perf_counter() - t0
     info.training.update({"best_epoch": best["epoch"] + 1, "best_val_loss": best["val_loss"],

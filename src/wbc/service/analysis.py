@@ -40,7 +40,7 @@ def sample_dir(data_dir: Path, sample_id: int) -> Path:
 
 
 class SharedPredictor:
-    """The server's one predictor; its ``predict*`` methods run one call at a time.
+    """The server's one predictor; its ``predict*`` and ``logits*`` methods run one call at a time.
 
     On two cores, concurrent inference calls only compete for the same cores (each already uses
     all of them), so requests queue here instead of thrashing.
@@ -53,7 +53,7 @@ class SharedPredictor:
 
     def __getattr__(self, name: str):
         attr = getattr(self._predictor, name)
-        if name.startswith("predict") and callable(attr):
+        if name.startswith(("predict", "logits")) and callable(attr):
             def locked(*args, **kwargs):
                 with self._lock:
                     return attr(*args, **kwargs)

@@ -32,6 +32,7 @@ from .. import __version__
 from ..classes import display_name
 from ..differential import LEUKOCYTES, TYPE_COLOURS_HEX
 from ..errors import WbcError
+from ..ood import is_unknown, model_threshold, score_images
 from ..reference_ranges import load_ranges, select_band
 from . import schemas
 from .analysis import Analyser, SharedPredictor, sample_dir
@@ -235,12 +236,13 @@ def _routes(app: FastAPI) -> None:  # noqa: C901  one place lists every endpoint
         batch: list = []  # (index, name, image): decoded images are classified 64 at a time, then dropped
 
         def flush() -> None:
-            probs = svc.predictor.predict_images([im for _, _, im in batch])
-            for (i, name, _), p in zip(batch, probs):
+            probs, scores = score_images(svc.predictor, [im for _, _, im in batch])
+            unknown = is_unknown(scores, model_threshold(svc.predictor))
+            for (i, name, _), p, u in zip(batch, probs, unknown):
                 k = int(np.argmax(p))
                 results[i] = {"filename": name, "label": svc.classes[k], "display_name": display_name(svc.classes[k]),
-                              "confidence": float(p[k]), "review": bool(p[k] < svc.analyser.threshold),
-                              "probabilities": {c: float(v) for c, v in zip(svc.classes, p)}}
+                              "confidence": float(p[k]), "review": bool(p[k] < svc.analyser.threshold or u),
+                              "unknown": bool(u), "probabilities": {c: float(v) for c, v in zip(svc.classes, p)}}
             batch.clear()
 
         with tempfile.TemporaryDirectory(dir=st.data_dir / "tmp") as tmp:

@@ -21,7 +21,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from ..classes import canonical_label, display_name
-from ..counting import CellRecord, CountConfig, ImageSummary, SampleResult, annotate_field, write_report
+from ..counting import UNKNOWN_REASON, CellRecord, CountConfig, ImageSummary, SampleResult, annotate_field, write_report
 from ..data import load_image
 from ..detection import Cell as Detection
 from ..differential import Differential, plot_differential
@@ -192,7 +192,8 @@ def build_report(sample: Sample, settings: ServiceSettings, classes: list[str], 
         thumb = folder / "cells" / f"{c.number}.jpg"
         return CellRecord(names[c.field_id], c.number, (c.x0, c.y0, c.x1, c.y1), c.label, c.confidence,
                           c.pending_review, c.review_reason or "", c.at_edge, dict(c.probabilities),
-                          thumb.read_bytes() if thumb.is_file() else b"")
+                          thumb.read_bytes() if thumb.is_file() else b"",
+                          c.pending_review and UNKNOWN_REASON in (c.review_reason or ""))
 
     cfg = CountConfig(inputs=[], out=str(out), model=settings.model, review_threshold=threshold,
                       min_cells=settings.min_cells)

@@ -38,7 +38,9 @@ class Prediction(BaseModel):
     label: str
     display_name: str
     confidence: float
-    review: bool = Field(description="calibrated confidence below the review threshold")
+    review: bool = Field(description="calibrated confidence below the review threshold, or unknown")
+    unknown: bool = Field(False, description="unlike any cell the model knows (logit energy below the model's "
+                                             "unknown threshold; never for classical models): perhaps not a WBC")
     probabilities: dict[str, float]
 
 
