@@ -1,6 +1,6 @@
 """Cross-domain evaluation (issue 7): models trained on one source, tested on the other.
 
-    python scripts/crossdomain.py [--out results/crossdomain] [--work runs/crossdomain]
+    python scripts/crossdomain.py [--out results/crossdomain] [--work runs/crossdomain]     # ~20 min
 
 Builds two test sets outside the repository (in --work) and evaluates every (model, test set) pair
 with `wbc evaluate` (predictions restricted to the test set's classes):
@@ -8,8 +8,17 @@ with `wbc evaluate` (predictions restricted to the test set's classes):
 * BCCD fields as the Kaggle images were made (the whole 640x480 field at half size, 320x240) for
   every field with exactly one WBC box and one label, group = field; un-augmented originals; ``bccd_unseen.csv`` keeps
   only fields whose source cell fed Kaggle TEST and never TRAIN (nor a near-duplicate twin).
-Models: PBC-only (results/pbc/mobilenet_v2), Kaggle-only (results/kaggle-honest/mobilenet_v2) and the
-bundled default. Test sets a model trained on are skipped (PBC-only on PBC, Kaggle-only on Kaggle).
+Models:
+* ``pbc-only`` / ``kaggle-only``: the MobileNetV2s of the PBC and honest Kaggle tables (standard recipe;
+  results/pbc/mobilenet_v2, results/kaggle-honest/mobilenet_v2), evaluated when their weights are there;
+* ``pbc-only-robust`` / ``kaggle-only-robust``: the same budget (128 px, 6 epochs) with the recipe chosen on
+  validation by scripts/robust_sweep.py (docs/decisions/0014): ``robust`` augmentation, Reinhard colour
+  normalisation; trained here into --work;
+* ``…+adabn``: those, adapted without labels (`wbc adapt --unlabelled`: BatchNorm statistics re-estimated on
+  2,000 unlabelled images of the other lab's *training* data — Kaggle TRAIN train split, PBC train split —
+  never on the images tested);
+* ``default``: the bundled model (it trained on both sources; only BCCD fields it never saw count).
+Test sets a model trained on are skipped.
 """
 
 from __future__ import annotations
@@ -26,8 +35,13 @@ DATA = ROOT.parent / "shared" / "data"
 MASTER = DATA / "blood-cells" / "dataset-master" / "dataset-master"
 PROV = DATA / "blood-cells" / "provenance"
 KAGGLE4 = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+MAP = PROV / "dataset2_source_map.csv"
 MODELS = {"pbc-only": ROOT / "results/pbc/mobilenet_v2", "kaggle-only": ROOT / "results/kaggle-honest/mobilenet_v2",
           "default": None}
+#: the budget of the PBC / honest Kaggle tables, with the recipe of docs/decisions/0014
+ROBUST = dict(arch="mobilenet_v2", img_size=128, epochs=6, lr=3e-4, schedule="onecycle", class_weights=True,
+              monitor="val_accuracy", patience=6, seed=0, augment_preset="robust",
+              preprocess={"crop": 0.7, "stain_norm": "reinhard"})
 
 
 def pbc4_manifest(out: Path) -> Path:
@@ -80,6 +94,32 @@ def bccd_crops(work: Path) -> tuple[Path, Path]:
     return all_csv, unseen_csv
 
 
+def robust_models(work: Path) -> dict[str, Path]:
+    """Train the robust-recipe PBC-only and Kaggle-only models and their label-free (AdaBN) adaptations."""
+    from wbc.adapt import AdaptConfig, adapt
+    from wbc.training import TrainConfig, train
+    plan = {"pbc-only-robust": ([str(ROOT / "data/splits/pbc.csv")], {}, ROOT / "data/splits/kaggle.csv"),
+            "kaggle-only-robust": ([str(ROOT / "data/splits/kaggle.csv")], {"groups": str(MAP), "max_per_class": 1000},
+                                   ROOT / "data/splits/pbc.csv")}
+    out = {}
+    for name, (data, extra, other_lab) in plan.items():
+        run = work / name
+        if not (run / "run.json").is_file():
+            train(TrainConfig(data=data, out=str(run), progress=False, resume=(run / "checkpoint.pt").is_file(),
+                              **ROBUST, **extra))
+        out[name] = run
+        adapted = work / f"{name}+adabn"
+        if not (adapted / "model.safetensors").is_file():
+            unlabelled = work / f"{name}-unlabelled.csv"  # the other lab's training split, labels dropped
+            rows = [{"path": str((other_lab.parent / r["path"]).resolve()), "label": "", "group": "", "split": ""}
+                    for r in csv.DictReader(other_lab.open()) if r["split"] == "train"]
+            _write(unlabelled, rows)
+            adapt(AdaptConfig(data=[], unlabelled=[str(unlabelled)], out=str(adapted), model=str(run),
+                              max_unlabelled=2000, progress=False))
+        out[f"{name}+adabn"] = adapted / "model.safetensors"
+    return out
+
+
 def main() -> None:
     from wbc.evaluation import EvalConfig, evaluate
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,14 +129,24 @@ def main() -> None:
     work, out = Path(a.work), Path(a.out)
     pbc4 = pbc4_manifest(work / "pbc4.csv")
     bccd_all, bccd_unseen = bccd_crops(work)
-    tests = {"kaggle-test": (ROOT / "data/splits/kaggle.csv", PROV / "dataset2_source_map.csv"),
+    models = {**MODELS, **robust_models(work)}
+    tests = {"kaggle-test": (ROOT / "data/splits/kaggle.csv", MAP),
              "pbc-test-4": (pbc4, None), "bccd-fields": (bccd_all, None), "bccd-fields-unseen": (bccd_unseen, None)}
     plan = [("pbc-only", "kaggle-test"), ("pbc-only", "bccd-fields"), ("kaggle-only", "pbc-test-4"),
-            ("kaggle-only", "bccd-fields-unseen"), ("default", "bccd-fields-unseen")]
+            ("kaggle-only", "bccd-fields-unseen"),
+            ("pbc-only-robust", "kaggle-test"), ("pbc-only-robust", "bccd-fields"),
+            ("pbc-only-robust+adabn", "kaggle-test"), ("pbc-only-robust+adabn", "bccd-fields-unseen"),
+            ("kaggle-only-robust", "pbc-test-4"), ("kaggle-only-robust", "bccd-fields-unseen"),
+            ("kaggle-only-robust+adabn", "pbc-test-4"),
+            ("default", "bccd-fields-unseen")]
     for model, test in plan:
+        path = models[model]
+        if path is not None and not Path(path).exists():
+            print(f"{model:12s}: no model at {path} (run its results step first); kept the earlier result", flush=True)
+            continue
         data, groups = tests[test]
         m = evaluate(EvalConfig(data=str(data), out=str(out / f"{model}__{test}"),
-                                model=None if MODELS[model] is None else str(MODELS[model]), groups=groups and str(groups),
+                                model=None if path is None else str(path), groups=groups and str(groups),
                                 progress=False))
         print(f"{model:12s} -> {test:18s} accuracy {m['accuracy']:.3f} balanced {m['balanced_accuracy']:.3f} "
               f"n={m['n_images']}", flush=True)

@@ -59,7 +59,8 @@ def default_recipe() -> str:
     c, r = run["config"], run["result"]
     pre = c.get("preprocess") or {}
     return (f"`{c['arch']}` ({'ImageNet weights' if c['pretrained'] else 'random init'}), {c['img_size']} px on a "
-            f"WBC-centred crop ({100 * pre.get('crop', 1):.0f} % of the short side), Adam {c['lr']:g} "
+            f"WBC-centred crop ({100 * pre.get('crop', 1):.0f} % of the short side), colour normalisation "
+            f"{pre.get('stain_norm') or 'none'}, Adam {c['lr']:g} "
             f"{c['schedule']}, {c['epochs']} epochs, augmentation `{c.get('augment_preset', 'standard')}`, label "
             f"smoothing {c.get('label_smoothing', 0)}, class-weighted loss {c['class_weights']}, at most "
             f"{c['max_per_class']} training images per class, checkpoint chosen on validation {c.get('monitor', 'val_loss')} "
@@ -85,11 +86,27 @@ def review_line() -> str:
             "under-confident; a lab re-fits both on its own labelled cells with `wbc calibrate`.")
 
 
+def robust_sweep_section() -> list[str]:
+    lines = ["## Choosing the recipe for robustness across labs (validation only)", "",
+             "Command: `bash scripts/results.sh robust-sweep` (`scripts/robust_sweep.py`, docs/decisions/0014). "
+             "Each recipe trains a PBC-only and a Kaggle-only MobileNetV2 (128 px, 4 epochs, ImageNet start, "
+             "WBC-centred crop 0.7) and scores them on the *other* lab's validation data: Kaggle TRAIN (train split, "
+             "241 source cells) and the PBC validation split (4 shared classes) — never a test split. Balanced "
+             "accuracy %, predictions restricted to the four shared classes; '+ AdaBN' = BatchNorm statistics "
+             "re-estimated on unlabelled images of the target lab (the Kaggle val split / the PBC train split, not "
+             "the images scored). In-domain columns: accuracy on the model's own validation split.", ""]
+    table = RESULTS / "robust-sweep" / "sweep.md"
+    return lines + [table.read_text() if table.is_file() else "_Not run yet._", ""]
+
+
 def crossdomain_section() -> list[str]:
     lines = ["## Across labs: trained on one source, tested on the other", "",
-             "Command: `bash scripts/results.sh crossdomain` (after the pbc and kaggle-honest steps). PBC-only = "
-             "the MobileNetV2 of the PBC table, Kaggle-only = the MobileNetV2 of the honest Kaggle table, default = "
-             "the bundled model. Predictions restricted to the test set's classes. BCCD fields = every field with "
+             "Command: `bash scripts/results.sh crossdomain` (`scripts/crossdomain.py`). pbc-only / kaggle-only = "
+             "the MobileNetV2s of the PBC and honest Kaggle tables (standard recipe); …-robust = the same budget "
+             "(128 px, 6 epochs) with the recipe chosen above (docs/decisions/0014: `robust` augmentation, Reinhard "
+             "colour normalisation); …+adabn = those adapted without labels (`wbc adapt --unlabelled`: BatchNorm "
+             "statistics of 2,000 unlabelled images of the other lab's *training* data, never of the images "
+             "tested); default = the bundled model. Predictions restricted to the test set's classes. BCCD fields = every field with "
              "one WBC box and one label, halved to 320x240 as the Kaggle images were made (un-augmented); 'unseen' = "
              "only fields whose source cell fed Kaggle TEST and never TRAIN. The issue's target is ≥ 90 % balanced "
              "accuracy in each cross-domain direction.", "",
@@ -254,6 +271,7 @@ def main() -> None:
         "on this offline machine; with internet, drop `--no-pretrained` to use them), at 96 px, 250 training "
         "images per class, 4 epochs, Adam 1e-3 (VGG16: 1e-4 — without BatchNorm it stayed at chance level with "
         "1e-3 from random weights). These rows measure what a 2-core CPU affords, not the architectures' ceiling.")
+    lines += robust_sweep_section()
     lines += crossdomain_section()
     lines += adapt_section()
     lines += ood_section()

@@ -75,3 +75,31 @@ def test_pick_shots_prefers_distinct_sources():
     picked = pick_shots(recs, 2, seed=1)
     assert sorted(r.label for r in picked) == ["a", "a", "b", "b"]
     assert len({r.group for r in picked if r.label == "a"}) == 2  # two different source cells
+
+
+def test_unlabelled_adaptation_needs_no_labels(lab, tmp_path, capsys):
+    """AdaBN alone: the shifted lab's unlabelled cells (folder names ignored) recover accuracy on held-out ones."""
+    unl = tmp_path / "unl"
+    unl.mkdir()
+    for i, f in enumerate(sorted((lab / "shots").rglob("*.png"))):  # flat folder: no labels anywhere
+        (unl / f"cell{i:03d}.png").write_bytes(f.read_bytes())
+    before = _accuracy(None, lab / "test")
+    assert main(["-q", "adapt", "--unlabelled", str(unl), "--out", str(tmp_path / "u")]) == 0
+    assert "32 unlabelled images" in capsys.readouterr().out
+    after = _accuracy(tmp_path / "u" / "model.safetensors", lab / "test")
+    assert after >= before + 0.1, (before, after)
+    info = read_info(tmp_path / "u" / "model.safetensors")
+    s = info.training["adaptation"]
+    assert s["shots"] == 0 and s["unlabelled_images"] == 32 and not s["head_refit"]
+    assert info.temperature == read_info(default_model_path()).temperature  # nothing labelled to refit it on
+    assert info.unknown_threshold != read_info(default_model_path()).unknown_threshold
+
+
+def test_adapt_needs_some_cells(tmp_path, capsys):
+    assert main(["-q", "adapt", "--out", str(tmp_path / "x")]) == 2
+    assert "nothing to adapt to" in capsys.readouterr().err
+    (tmp_path / "few").mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (200, 150, 200)).save(tmp_path / "few" / f"{i}.png")
+    assert main(["-q", "adapt", "--unlabelled", str(tmp_path / "few"), "--out", str(tmp_path / "y")]) == 2
+    assert "need at least 32" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from conftest import SAMPLES
-from wbc.augment import PRESETS, AugmentConfig, augment, gaussian_blur, hed_jitter
+from wbc.augment import PRESETS, AugmentConfig, augment, downscale, gaussian_blur, hed_jitter, hue_rotate
 
 
 def _cells() -> torch.Tensor:
@@ -44,3 +44,40 @@ def test_free_rotation_uses_any_angle():
                         channel_gain=0)
     outs = [augment(x[:1], cfg, torch.Generator().manual_seed(s)) for s in range(6)]
     assert len({round(float(o.sum()), 2) for o in outs}) == 6
+
+
+def test_hue_rotation_keeps_luminance_and_turns_chroma():
+    x = _cells()
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(hue_rotate(x, 0.0, g), x, atol=1e-5)
+    y = hue_rotate(x, 0.5, g)
+    lum = lambda t: 0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]  # noqa: E731
+    assert (lum(y) - lum(x)).abs().mean() < 0.01  # only clipping can move the luminance
+    assert (y - x).abs().mean() > 0.01
+
+
+def test_downscale_loses_fine_detail_but_keeps_the_picture():
+    x = _cells()
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(downscale(x, 0.0, g), x)
+    y = downscale(x, 1.0, g)
+    grad = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
+    assert y.shape == x.shape and grad(y) < 0.9 * grad(x)
+    assert (y.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).abs().max() < 0.02  # same colours, coarser camera
+
+
+def test_robust_preset_varies_colour_more_than_standard():
+    x = _cells()
+    spread = {}
+    for name in ("standard", "robust"):
+        outs = torch.stack([augment(x, PRESETS[name], torch.Generator().manual_seed(s)).mean(dim=(2, 3))
+                            for s in range(8)])  # (8 draws, B, 3) mean colours
+        spread[name] = float(outs.std(dim=0).mean())
+    assert spread["robust"] > 1.3 * spread["standard"], spread
+
+
+def test_cli_augment_choices_are_the_presets():
+    from wbc.cli import build_parser
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    choices = next(a.choices for a in train._actions if "--augment" in a.option_strings)
+    assert sorted(choices) == sorted(PRESETS)

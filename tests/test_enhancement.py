@@ -82,6 +82,33 @@ def test_reinhard_moves_colour_to_reference():
     assert (out[src.max(axis=2) <= 25] == src[src.max(axis=2) <= 25]).all()  # augmentation fill stays black
 
 
+def test_reinhard_matches_the_reference_lab_statistics_exactly_enough():
+    """The lookup-table implementation is the textbook transfer: the output's Lab mean/std are the reference's."""
+    import cv2
+    ref = np.asarray(Image.open(E.default_reference_path()).convert("RGB"))
+    for kind in ("kaggle", "pbc"):
+        src = _real(kind)
+        out = E.apply(src, stain_norm="reinhard")
+        lab = cv2.cvtColor(out, cv2.COLOR_RGB2LAB)[src.max(axis=2) > 25].astype(float)  # black fill excluded
+        ref_lab = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(float)
+        assert np.abs(lab.mean(0) - ref_lab.mean(0)).max() < 4, kind
+        assert np.abs(lab.std(0) / ref_lab.std(0) - 1).max() < 0.15, kind
+
+
+def test_background_white_balance_makes_plasma_the_reference_colour():
+    ref_bg = E.background_rgb(np.asarray(Image.open(E.default_reference_path()).convert("RGB")))
+    src = _real("kaggle")  # grey-blue BCCD plasma; the reference's is peach
+    out = E.apply(src, stain_norm="background")
+    assert np.abs(E.background_rgb(src) - ref_bg).max() > 15
+    assert np.abs(E.background_rgb(out) - ref_bg).max() <= 3
+    assert (out[src.max(axis=2) <= 25] == src[src.max(axis=2) <= 25]).all()  # augmentation fill stays black
+    # a per-channel gain: dark nuclei stay dark, the order of grey levels within a channel is kept
+    fg = src.max(axis=2) > 25
+    for c in range(3):
+        order = np.argsort(src[..., c][fg], kind="stable")
+        assert (np.diff(out[..., c][fg][order].astype(int)) >= 0).all()
+
+
 @pytest.mark.parametrize("kind", ["kaggle", "pbc-ig"])  # a bluer PBC crop than the reference
 def test_macenko_maps_stain_vectors_onto_the_reference(kind):
     ref = np.asarray(Image.open(E.default_reference_path()).convert("RGB"))

@@ -38,6 +38,8 @@ from .ood import energy, unknown_threshold
 
 log = logging.getLogger(__name__)
 
+MIN_UNLABELLED = 32  # fewer images give BatchNorm statistics too noisy to trust
+
 
 @dataclass
 class AdaptConfig:
@@ -46,6 +48,8 @@ class AdaptConfig:
     data: list[str]
     out: str
     model: str | None = None  # None: the bundled default
+    unlabelled: list[str] = field(default_factory=list)  # the lab's unlabelled cell images (BatchNorm statistics)
+    max_unlabelled: int = 2000  # at most this many of them, drawn at random (seeded)
     shots: int | None = 20  # labelled cells per class used (None: all given)
     split: str | None = None  # use only this split of a manifest (e.g. "train")
     groups: str | None = None
@@ -189,6 +193,15 @@ def adapt(cfg: AdaptConfig) -> dict:
     if path.suffix != ".safetensors":
         raise WbcError(f"{path}: wbc adapt works on neural .safetensors models (retrain classical ones)")
     net, info = load_model(path)
+    if not cfg.data and not cfg.unlabelled:
+        raise WbcError("nothing to adapt to: give the lab's labelled cells (--data) and/or unlabelled ones "
+                       "(--unlabelled)")
+    pre = info.preprocess
+    g = torch.Generator().manual_seed(cfg.seed)
+    net = net.to(memory_format=torch.channels_last)
+    x_unl = _unlabelled_images(cfg, pre)
+    if not cfg.data:
+        return _adapt_unlabelled(cfg, path, net, info, x_unl, t0)
     records: list[ImageRecord] = []
     for d in cfg.data:
         ds = discover(d, cfg.groups)
@@ -203,12 +216,9 @@ def adapt(cfg: AdaptConfig) -> dict:
     x_u8, shots = decode_images(shots, info.preprocess, progress=cfg.progress, desc="decoding shots")
     x_u8 = torch.from_numpy(x_u8)
     y = torch.tensor([info.classes.index(r.label) for r in shots])
-    g = torch.Generator().manual_seed(cfg.seed)
-    pre = info.preprocess
     x = _views(x_u8, cfg.views, g, pre.mean, pre.std)
     yv = y.repeat(cfg.views)
-    net = net.to(memory_format=torch.channels_last)
-    n_bn = reestimate_batchnorm(net, x, mix=cfg.bn_mix) if cfg.bn else 0
+    n_bn = reestimate_batchnorm(net, x if x_unl is None else torch.cat([x, x_unl]), mix=cfg.bn_mix) if cfg.bn else 0
     head = _head(net)
     w0, b0 = head.weight.detach().float().clone(), head.bias.detach().float().clone()
     feats = penultimate(net, x)
@@ -237,7 +247,8 @@ def adapt(cfg: AdaptConfig) -> dict:
     # 95 % of the lab's own cells pass as known; with fewer than 4 shots there is nothing to fit it on
     t_unknown = unknown_threshold(energy(held_out.numpy())) if len(y) >= 4 and torch.isfinite(held_out).all() \
         else None
-    summary = {"source_model": str(path), "data": [str(d) for d in cfg.data], "classes_given": sorted(set(
+    summary = {"source_model": str(path), "data": [str(d) for d in cfg.data],
+               "unlabelled_images": 0 if x_unl is None else len(x_unl), "classes_given": sorted(set(
         r.label for r in shots)), "shots": len(shots), "per_class": {c: int((y == i).sum()) for i, c in
                                                                    enumerate(info.classes) if (y == i).any()},
         "batchnorm_layers_reestimated": n_bn, "head_refit": cfg.head, "temperature_before": info.temperature,
@@ -245,11 +256,54 @@ def adapt(cfg: AdaptConfig) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "seconds": round(time.perf_counter() - t0, 1)}
     info.temperature, info.unknown_threshold = t_new, t_unknown
+    _save(cfg, net, info, summary)
+    write_csv(Path(cfg.out) / "shots.csv", [{"path": str(r.path), "label": r.label, "group": r.group or ""}
+                                            for r in shots], ["path", "label", "group"])
+    return summary
+
+
+def _save(cfg: AdaptConfig, net: torch.nn.Module, info, summary: dict) -> None:
     info.training = {**info.training, "adaptation": summary}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_model(out / "model.safetensors", net.to(memory_format=torch.contiguous_format), info)
     write_json(out / "adapt.json", summary)
-    write_csv(out / "shots.csv", [{"path": str(r.path), "label": r.label, "group": r.group or ""} for r in shots],
-              ["path", "label", "group"])
+
+
+def _unlabelled_images(cfg: AdaptConfig, pre) -> torch.Tensor | None:
+    """The lab's unlabelled images (labels, if any, ignored), preprocessed and normalised; None if none given."""
+    if not cfg.unlabelled:
+        return None
+    from .data import image_files
+    paths: list[Path] = []
+    for d in cfg.unlabelled:
+        p = Path(d)
+        paths += [r.path for r in discover(d, cfg.groups).records] if p.suffix == ".csv" else image_files([p])
+    if not paths:
+        raise WbcError(f"no images in {', '.join(cfg.unlabelled)}")
+    if len(paths) > cfg.max_unlabelled:
+        paths = random.Random(cfg.seed).sample(paths, cfg.max_unlabelled)
+    x_u8, _ = decode_images([ImageRecord(p, None) for p in paths], pre, skip_bad=True, progress=cfg.progress,
+                            desc="decoding unlabelled")
+    if len(x_u8) < MIN_UNLABELLED:
+        raise WbcError(f"{len(x_u8)} readable unlabelled images in {', '.join(cfg.unlabelled)}: need at least "
+                       f"{MIN_UNLABELLED} to estimate BatchNorm statistics")
+    return normalise(to_float(torch.from_numpy(x_u8)), pre.mean, pre.std)
+
+
+def _adapt_unlabelled(cfg: AdaptConfig, path: Path, net: torch.nn.Module, info, x: torch.Tensor, t0: float) -> dict:
+    """Label-free adaptation: BatchNorm statistics of the lab's own images (AdaBN); the head and the
+    temperature stay; the unknown threshold is re-fitted so that 95 % of the lab's images pass as known."""
+    n_bn = reestimate_batchnorm(net, x, mix=cfg.bn_mix) if cfg.bn else 0
+    logits = penultimate(net, x) @ _head(net).weight.detach().float().T + _head(net).bias.detach().float()
+    t_unknown = unknown_threshold(energy(logits.numpy())) if torch.isfinite(logits).all() else None
+    summary = {"source_model": str(path), "data": [], "unlabelled": [str(d) for d in cfg.unlabelled],
+               "unlabelled_images": len(x), "classes_given": [], "shots": 0, "per_class": {},
+               "batchnorm_layers_reestimated": n_bn, "head_refit": False, "temperature_before": info.temperature,
+               "temperature": info.temperature, "unknown_threshold_before": info.unknown_threshold,
+               "unknown_threshold": t_unknown,
+               "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+               "seconds": round(time.perf_counter() - t0, 1)}
+    info.unknown_threshold = t_unknown
+    _save(cfg, net, info, summary)
     return summary

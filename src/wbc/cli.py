@@ -84,8 +84,9 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
     t.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
                    help="validation figure that picks the kept checkpoint and drives early stopping (default: val_loss)")
     t.add_argument("--no-augment", action="store_true", help="no rotation/flip/colour augmentation")
-    t.add_argument("--augment", default="standard", choices=["standard", "stain"],
-                   help="augmentation recipe; 'stain' adds free rotation, scale, HED stain jitter and blur "
+    t.add_argument("--augment", default="standard", choices=["standard", "stain", "robust"],
+                   help="augmentation recipe; 'stain' adds free rotation, scale, HED stain jitter and blur; "
+                   "'robust' (the bundled model's, docs/decisions/0014) adds hue, gamma, resolution loss and noise "
                    "(default: standard)")
     t.add_argument("--label-smoothing", type=float, default=0.0, help="(default: 0)")
     h = p.add_argument_group("Hardware")
@@ -320,10 +321,13 @@ def cmd_calibrate(args) -> int:
 
 def cmd_adapt(args) -> int:
     from .adapt import AdaptConfig, adapt
-    s = adapt(AdaptConfig(data=args.data, out=args.out, model=args.model, shots=args.shots or None, split=args.split,
+    s = adapt(AdaptConfig(data=args.data, out=args.out, model=args.model, unlabelled=args.unlabelled,
+                          max_unlabelled=args.max_unlabelled, shots=args.shots or None, split=args.split,
                           groups=args.groups, bn=not args.no_batchnorm, bn_mix=args.bn_mix, head=not args.no_head, seed=args.seed,
                           progress=not args.quiet))
-    print(f"adapted on {s['shots']} cells ({', '.join(f'{k} {v}' for k, v in s['per_class'].items())}): "
+    given = [f"{s['shots']} labelled cells ({', '.join(f'{k} {v}' for k, v in s['per_class'].items())})"] * bool(
+        s["shots"]) + [f"{s['unlabelled_images']} unlabelled images"] * bool(s["unlabelled_images"])
+    print(f"adapted on {' and '.join(given)}: "
           f"{s['batchnorm_layers_reestimated']} BatchNorm layers re-estimated, head "
           f"{'re-fitted' if s['head_refit'] else 'kept'}, temperature {s['temperature_before']:.2f} -> "
           f"{s['temperature']:.2f}, unknown below energy "
@@ -501,10 +505,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (may be the input file)")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("adapt", help="adapt a model to a new lab from a few labelled cells per class")
+    p = sub.add_parser("adapt", help="adapt a model to a new lab from a few labelled cells per class and/or "
+                       "unlabelled ones")
     p.add_argument("--model", "-m", default=None, help="run folder or .safetensors model (default: the bundled model)")
-    p.add_argument("--data", action="append", required=True, help="the lab's labelled cells (class folders or "
-                   "manifest); repeat to combine")
+    p.add_argument("--data", action="append", default=[], help="the lab's labelled cells (class folders or "
+                   "manifest); repeat to combine (default: none)")
+    p.add_argument("--unlabelled", action="append", default=[], help="the lab's unlabelled cell images (folders, "
+                   "files or a manifest; labels ignored): BatchNorm statistics only, no labels needed; repeatable "
+                   "(default: none)")
+    p.add_argument("--max-unlabelled", type=int, default=2000, help="at most this many unlabelled images, drawn at "
+                   "random (default: 2000)")
     p.add_argument("--out", required=True, help="run folder: model.safetensors, adapt.json, shots.csv")
     p.add_argument("--shots", type=int, default=20, help="cells per class used, distinct groups first; 0 = all "
                    "(default: 20)")

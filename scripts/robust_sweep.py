@@ -1,0 +1,152 @@
+"""Choose the training recipe for robustness across labs by measurement, on validation data only (issue 7).
+
+    python scripts/robust_sweep.py [--out results/robust-sweep] [--work runs/robust-sweep] [--recipes a,b]
+
+For every recipe (augmentation preset x per-image colour normalisation) it trains two MobileNetV2s at a
+small budget (128 px, 4 epochs, ImageNet start, WBC-centred crop 0.7, one-cycle Adam 3e-4, class weights):
+* **PBC-only** (PBC train split), validated *cross-domain* on Kaggle TRAIN (all 277 source cells; never
+  on Kaggle TEST);
+* **Kaggle-only** (Kaggle TRAIN train split, <= 1,000 images per class), validated cross-domain on the
+  PBC validation split restricted to the four Kaggle classes (never on the PBC test split);
+and reports balanced accuracy in both cross-domain directions, with and without test-time BatchNorm
+re-estimation on unlabelled images of the target lab (AdaBN, Li et al. 2016: statistics from the other
+half of the target's data — Kaggle val split / PBC train split — never from the images scored), plus the
+in-domain validation accuracy. Predictions are restricted to the four shared classes.
+
+The recipe with the best mean cross-domain balanced accuracy (AdaBN off: what a user gets without
+adapting) is the one docs/decisions/0014-robust-recipe.md adopts for the bundled model.
+Resumable: finished runs are reused; ~7 min per recipe on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from wbc.adapt import reestimate_batchnorm  # noqa: E402
+from wbc.augment import normalise, to_float  # noqa: E402
+from wbc.data import discover  # noqa: E402
+from wbc.imageset import decode_images  # noqa: E402
+from wbc.modelio import load_model  # noqa: E402
+from wbc.training import TrainConfig, predict_logits, train  # noqa: E402
+
+KAGGLE4 = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+PBC = ROOT / "data/splits/pbc.csv"
+KAGGLE = ROOT / "data/splits/kaggle.csv"
+MAP = ROOT.parent / "shared/data/blood-cells/provenance/dataset2_source_map.csv"
+
+#: name -> (augmentation preset, per-image colour normalisation)
+RECIPES = {
+    "standard": ("standard", None),
+    "robust": ("robust", None),
+    "standard+background": ("standard", "background"),
+    "robust+background": ("robust", "background"),
+    "robust+reinhard": ("robust", "reinhard"),
+    "robust+macenko": ("robust", "macenko"),
+}
+BUDGET = dict(arch="mobilenet_v2", img_size=128, epochs=4, lr=3e-4, schedule="onecycle", class_weights=True,
+              patience=4, seed=0)
+
+
+def records(manifest: Path, split: str, classes=None):
+    recs = discover(str(manifest), str(MAP) if manifest == KAGGLE else None).split(split).records
+    return [r for r in recs if classes is None or r.label in classes]
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
+
+
+def score(net, info, recs, bn_recs=None) -> dict:
+    """Accuracy and balanced accuracy over the shared classes of ``recs`` (restricted predictions)."""
+    pre = info.preprocess
+    x, recs = decode_images(recs, pre, progress=False)
+    net = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    if bn_recs is not None:
+        xb, _ = decode_images(bn_recs, pre, progress=False)
+        reestimate_batchnorm(net, normalise(to_float(torch.from_numpy(xb)), pre.mean, pre.std))
+    logits = predict_logits(net, torch.from_numpy(x), pre).numpy()
+    present = sorted({r.label for r in recs})
+    cols = [info.classes.index(c) for c in present]
+    y = np.array([present.index(r.label) for r in recs])
+    pred = logits[:, cols].argmax(1)
+    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": balanced_accuracy(y, pred), "n": len(y)}
+
+
+def run(name: str, work: Path) -> dict:
+    preset, norm = RECIPES[name]
+    pre = {"crop": 0.7, **({"stain_norm": norm} if norm else {})}
+    out = {"recipe": name, "augment": preset, "stain_norm": norm}
+    for side, data, extra in (("pbc-only", [str(PBC)], {}),
+                              ("kaggle-only", [str(KAGGLE)], {"groups": str(MAP), "max_per_class": 1000})):
+        run_dir = work / f"{side}__{name}"
+        if not (run_dir / "run.json").is_file():
+            train(TrainConfig(data=data, out=str(run_dir), augment_preset=preset, preprocess=pre, progress=False,
+                              resume=(run_dir / "checkpoint.pt").is_file(), **BUDGET, **extra))
+        net, info = load_model(run_dir / "model.safetensors")
+        res = json.loads((run_dir / "run.json").read_text())["result"]
+        out[f"{side}_wall_s"] = res["wall_seconds"]
+        if side == "pbc-only":
+            out["pbc-only_in_domain"] = score(net, info, records(PBC, "val"))
+            target = records(KAGGLE, "train")  # Kaggle TRAIN minus its val split: 241 source cells
+            out["pbc-only_to_kaggle"] = score(net, info, target)
+            out["pbc-only_to_kaggle_adabn"] = score(net, info, target, records(KAGGLE, "val"))
+        else:
+            out["kaggle-only_in_domain"] = score(net, info, records(KAGGLE, "val"))
+            target = records(PBC, "val", KAGGLE4)
+            out["kaggle-only_to_pbc"] = score(net, info, target)
+            out["kaggle-only_to_pbc_adabn"] = score(net, info, target, records(PBC, "train"))
+        print(json.dumps({k: v for k, v in out.items() if side in k}), flush=True)
+    out["cross_domain_mean"] = (out["pbc-only_to_kaggle"]["balanced_accuracy"]
+                                + out["kaggle-only_to_pbc"]["balanced_accuracy"]) / 2
+    out["cross_domain_mean_adabn"] = (out["pbc-only_to_kaggle_adabn"]["balanced_accuracy"]
+                                      + out["kaggle-only_to_pbc_adabn"]["balanced_accuracy"]) / 2
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    pct = lambda d: f"{100 * d['balanced_accuracy']:.1f}"  # noqa: E731
+    lines = ["| recipe | PBC-only → Kaggle TRAIN | + AdaBN | Kaggle-only → PBC val (4 cl.) | + AdaBN | mean | mean + AdaBN "
+             "| PBC val acc (in-domain) | Kaggle val acc (in-domain) |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {pct(r['pbc-only_to_kaggle'])} | {pct(r['pbc-only_to_kaggle_adabn'])} | "
+                     f"{pct(r['kaggle-only_to_pbc'])} | {pct(r['kaggle-only_to_pbc_adabn'])} | "
+                     f"{100 * r['cross_domain_mean']:.1f} | {100 * r['cross_domain_mean_adabn']:.1f} | "
+                     f"{100 * r['pbc-only_in_domain']['accuracy']:.1f} | {100 * r['kaggle-only_in_domain']['accuracy']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "results/robust-sweep"))
+    ap.add_argument("--work", default=str(ROOT / "runs/robust-sweep"))
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of: " + ", ".join(RECIPES))
+    args = ap.parse_args()
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    done = out / "sweep.json"
+    rows = {r["recipe"]: r for r in json.loads(done.read_text())} if done.is_file() else {}
+    for name in args.recipes.split(","):
+        if name not in RECIPES:
+            raise SystemExit(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+        rows[name] = run(name, work)
+        ordered = [rows[k] for k in RECIPES if k in rows]
+        done.write_text(json.dumps(ordered, indent=1))
+        (out / "sweep.md").write_text(markdown(ordered))
+    print((out / "sweep.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
