@@ -2,10 +2,12 @@
 
     python scripts/adapt_curve.py [--out results/adapt]        # ~5 min on 2 cores
 
-The PBC-only MobileNetV2 (results/pbc/mobilenet_v2) is adapted with cells drawn from Kaggle TRAIN
+The PBC-only MobileNetV2 of the robust recipe (runs/crossdomain/pbc-only-robust, trained by
+scripts/crossdomain.py; `--source` for another) is adapted with cells drawn from Kaggle TRAIN
 (one per source cell first; `data/splits/kaggle.csv` split train) and tested on Kaggle TEST, whose
 source cells are disjoint from TRAIN, and on the PBC test split (what it knew). Variants: BatchNorm
-re-estimation + head (the default), BatchNorm half-way + head, head only, BatchNorm only. Three seeds (different shots) each.
+re-estimation + head (the default), BatchNorm half-way + head, head only, BatchNorm only, three seeds
+(different shots) each; and label-free: BatchNorm statistics of 2,000 unlabelled Kaggle TRAIN images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT.parent / "shared" / "data" / "blood-cells" / "provenance" / "dataset2_source_map.csv"
-SOURCE = ROOT / "results" / "pbc" / "mobilenet_v2"
+SOURCE = ROOT / "runs" / "crossdomain" / "pbc-only-robust"
 VARIANTS = {"bn+head": (True, True, 1.0), "bn 50/50 + head": (True, True, 0.5), "head only": (False, True, 1.0),
             "bn only": (True, False, 1.0)}
 
@@ -31,8 +33,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "adapt"), help="(default: results/adapt)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "adapt"), help="adapted models (default: runs/adapt)")
     ap.add_argument("--seeds", type=int, default=3, help="(default: 3)")
+    ap.add_argument("--source", default=str(SOURCE), help="the model adapted (default: %(default)s)")
     a = ap.parse_args()
-    out, work = Path(a.out), Path(a.work)
+    out, work, source = Path(a.out), Path(a.work), str(Path(a.source).resolve())
+    if not Path(source).exists():
+        raise SystemExit(f"{source}: no such model; run `bash scripts/results.sh crossdomain` first")
+    shown = str(Path(source).relative_to(ROOT)) if Path(source).is_relative_to(ROOT) else source
 
     def score(model: str, tag: str) -> dict:
         k = evaluate(EvalConfig(data=str(ROOT / "data/splits/kaggle.csv"), groups=str(MAP), model=model,
@@ -42,11 +48,26 @@ def main() -> None:
         return {"kaggle_test_accuracy": k["accuracy"], "kaggle_test_balanced": k["balanced_accuracy"],
                 "pbc_test_accuracy": p["accuracy"]}
 
-    rows = [{"variant": "before", "shots": 0, "seeds": 1, **score(str(SOURCE), "before")}]
-    print(rows[-1], flush=True)
     done = {}
-    if (out / "adapt.json").is_file():  # resume: keep finished rows
-        done = {(r["variant"], r["shots"]): r for r in json.loads((out / "adapt.json").read_text())["rows"]}
+    if (out / "adapt.json").is_file():  # resume: keep the finished rows of the same source model
+        prev = json.loads((out / "adapt.json").read_text())
+        if prev["source_model"] == shown:
+            done = {(r["variant"], r["shots"]): r for r in prev["rows"]}
+    rows = [done.get(("before", 0)) or {"variant": "before", "shots": 0, "seeds": 1, **score(source, "before")}]
+    print(rows[-1], flush=True)
+    if ("bn, unlabelled", 0) in done:
+        rows.append(done[("bn, unlabelled", 0)])
+    else:
+        unl = work / "kaggle-train-unlabelled.csv"  # Kaggle TRAIN's train split, labels dropped
+        unl.parent.mkdir(parents=True, exist_ok=True)
+        man = ROOT / "data/splits/kaggle.csv"
+        lines = [ln.split(",")[0] for ln in man.read_text().splitlines()[1:] if ln.rstrip().endswith(",train")]
+        unl.write_text("path,label\n" + "".join(f"{(man.parent / p).resolve()},\n" for p in lines))
+        adapt(AdaptConfig(data=[], unlabelled=[str(unl)], out=str(work / "bn-unlabelled"), model=source,
+                          progress=False))
+        rows.append({"variant": "bn, unlabelled", "shots": 0, "seeds": 1,
+                     **score(str(work / "bn-unlabelled"), "bn-unlabelled")})
+    print(rows[-1], flush=True)
     for name, (bn, head, mix) in VARIANTS.items():
         for shots in (5, 10, 20):
             if name != "bn+head" and shots != 20:
@@ -58,7 +79,7 @@ def main() -> None:
             for seed in range(a.seeds):
                 tag = f"{name.replace(' ', '_').replace('+', '_')}-{shots}-s{seed}"
                 adapt(AdaptConfig(data=[str(ROOT / "data/splits/kaggle.csv")], split="train", groups=str(MAP),
-                                  out=str(work / tag), model=str(SOURCE), shots=shots, bn=bn, bn_mix=mix, head=head, seed=seed,
+                                  out=str(work / tag), model=source, shots=shots, bn=bn, bn_mix=mix, head=head, seed=seed,
                                   progress=False))
                 runs.append(score(str(work / tag), tag))
             row = {"variant": name, "shots": shots, "seeds": a.seeds}
@@ -67,8 +88,8 @@ def main() -> None:
                 row[key], row[key + "_sd"] = float(vals.mean()), float(vals.std())
             rows.append(row)
             print(row, flush=True)
-            write_json(out / "adapt.json", {"source_model": str(SOURCE), "rows": rows})
-    write_json(out / "adapt.json", {"source_model": str(SOURCE), "rows": rows})
+            write_json(out / "adapt.json", {"source_model": shown, "rows": rows})
+    write_json(out / "adapt.json", {"source_model": shown, "rows": rows})
 
 
 if __name__ == "__main__":

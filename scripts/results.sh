@@ -72,7 +72,7 @@ agreement)  # wbc count vs the per-image labels of BCCD, on fields whose source 
 crossdomain)  # train on one source, test on the other (needs the pbc and kaggle-honest steps)
   .venv/bin/python scripts/crossdomain.py --out $OUT/crossdomain
   ;;
-adapt)  # few-shot adaptation of the PBC-only model to the Kaggle/BCCD domain (5, 10, 20 cells per class)
+adapt)  # few-shot adaptation of the robust PBC-only model (crossdomain step) to Kaggle/BCCD (5, 10, 20 cells per class)
   .venv/bin/python scripts/adapt_curve.py --out $OUT/adapt
   ;;
 ood)  # out-of-distribution images (red cells, platelets, background, non-microscopy): the unknown verdict

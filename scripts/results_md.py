@@ -127,13 +127,16 @@ def crossdomain_section() -> list[str]:
 
 def adapt_section() -> list[str]:
     lines = ["## Few-shot adaptation to a new lab (`wbc adapt`)", "",
-             "Command: `bash scripts/results.sh adapt` (`scripts/adapt_curve.py`). The PBC-only MobileNetV2 is "
-             "adapted with 5, 10 or 20 labelled cells per class from Kaggle TRAIN (distinct source cells first) and "
-             "tested on Kaggle TEST (source cells disjoint from the adaptation cells) and on the PBC test split "
-             "(what it knew before). Mean ± SD over 3 draws of the cells.", ""]
+             "Command: `bash scripts/results.sh adapt` (`scripts/adapt_curve.py`, after the crossdomain step). A "
+             "PBC-only MobileNetV2 is adapted with 5, 10 or 20 labelled cells per class from Kaggle TRAIN (distinct "
+             "source cells first) and tested on Kaggle TEST (source cells disjoint from the adaptation cells) and on "
+             "the PBC test split (what it knew before). Mean ± SD over 3 draws of the cells. 'bn, unlabelled' = "
+             "no labels at all: BatchNorm statistics of 2,000 unlabelled Kaggle TRAIN images "
+             "(`wbc adapt --unlabelled`).", ""]
     ad = load(RESULTS / "adapt" / "adapt.json")
     if not ad:
         return lines + ["_Not run yet._", ""]
+    lines += [f"Model adapted: `{ad['source_model']}`.", ""]
     lines += ["| method | cells per class | Kaggle TEST acc % | Kaggle TEST balanced % | PBC test acc % |",
               "|---|---|---|---|---|"]
     for r in ad["rows"]:

