@@ -278,3 +278,39 @@ def test_count_sends_unknown_cells_to_review_and_lists_them(tmp_path):
     assert d["method"]["unknown_threshold"] == 1e9 and d["method"]["n_unknown"] == len(res.cells)
     normal = count_sample(Sample("s", [field]), tmp_path / "n", Predictor(), CountConfig(inputs=[], out=""))
     assert not any(c.unknown for c in normal.cells)  # the real threshold: a real cell is known
+
+
+# no stain at all: plasma, an empty field
+
+
+def plasma(seed: int = 0) -> Image.Image:
+    """A pinkish, slightly textured plasma-like crop with no cell in it (what Reinhard stretches to texture)."""
+    rng = np.random.default_rng(seed)
+    base = np.array([225, 200, 205], np.float32) + rng.normal(0, 4, (240, 320, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def test_bundled_samples_are_stained_and_plasma_is_not():
+    from wbc.preprocessing import prepare_checked
+    pre = read_info(default_model_path()).preprocess
+    assert all(prepare_checked(Image.open(f).convert("RGB"), pre)[1] for f in CELLS)
+    empty = [plasma(s) for s in range(3)] + [Image.new("RGB", (200, 160), (128, 128, 128))]
+    assert not any(prepare_checked(im, pre)[1] for im in empty)
+
+
+def test_every_backend_abstains_on_an_unstained_crop(tmp_path):
+    from wbc.inference import softmax_np
+    from wbc.preprocessing import prepare
+    """Energy log(C), below the unknown threshold; the probabilities (and so every accuracy) unchanged."""
+    images = [plasma(1), Image.open(CELLS[0])]
+    tmp = tmp_path / "plasma.png"
+    plasma(1).save(tmp)
+    for pred in (Predictor(precision="fp32"), Predictor(backend="onnxruntime"), load_predictor(None)):
+        probs, scores = score_images(pred, images)
+        assert scores[0] == pytest.approx(np.log(8), abs=1e-4) and probs[0].sum() == pytest.approx(1, abs=1e-5)
+        raw = pred.logits_arrays(np.stack([prepare(plasma(1), pred.info.preprocess)]))  # without the check
+        assert probs[0] == pytest.approx(softmax_np(raw, pred.info.temperature)[0], abs=1e-4)
+        assert is_unknown(scores, model_threshold(pred)).tolist() == [True, False]
+        assert probs[1].max() > 0.5  # a real cell keeps its opinion
+        (p,) = predict_files(pred, [tmp])  # the streaming path (`wbc predict`) too
+        assert p.unknown and p.ood_score == pytest.approx(np.log(8), abs=1e-4)

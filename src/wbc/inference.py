@@ -25,7 +25,8 @@ from .augment import normalise, to_float
 from .data import load_image
 from .errors import BadImageError, WbcError
 from .modelio import ModelInfo, default_int8_path, load_model, resolve_model_path
-from .preprocessing import prepare
+from .ood import abstain_unstained
+from .preprocessing import prepare_checked
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,9 @@ class _Files(TorchDataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, prepare(load_image(self.paths[i]), self.pre), None
+            return i, *prepare_checked(load_image(self.paths[i]), self.pre), None
         except BadImageError as exc:
-            return i, None, exc.reason
+            return i, None, True, exc.reason
 
 
 def _collate(items):
@@ -168,10 +169,13 @@ class Predictor:
         return softmax_np(self.logits_arrays(arrays), self.info.temperature)
 
     def logits_images(self, images: list[Image.Image]) -> np.ndarray:
-        """Raw logits for PIL images (the model's preprocessing applied)."""
-        arrays = np.stack([prepare(im.convert("RGB"), self.info.preprocess) for im in images]) if images else \
-            np.zeros((0, self.info.preprocess.img_size, self.info.preprocess.img_size, 3), np.uint8)
-        return self.logits_arrays(arrays)
+        """Raw logits for PIL images (the model's preprocessing applied; an image with no stain at all gets
+        zero logits, :func:`wbc.ood.abstain_unstained`)."""
+        if not images:
+            return self.logits_arrays(np.zeros((0, self.info.preprocess.img_size, self.info.preprocess.img_size, 3),
+                                               np.uint8))
+        arrays, stained = zip(*(prepare_checked(im.convert("RGB"), self.info.preprocess) for im in images))
+        return abstain_unstained(self.logits_arrays(np.stack(arrays)), np.array(stained))
 
     def predict_images(self, images: list[Image.Image]) -> np.ndarray:
         return softmax_np(self.logits_images(images), self.info.temperature)
@@ -179,23 +183,25 @@ class Predictor:
     def predict_paths(self, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
                       bad: list[BadImageError] | None = None) -> Iterator[tuple[Path, np.ndarray]]:
         """Yield ``(path, probabilities)`` per readable image; unreadable ones go to ``bad``."""
-        return self._stream(paths, self.predict_arrays, skip_bad=skip_bad, progress=progress, bad=bad)
+        return self._stream(paths, True, skip_bad=skip_bad, progress=progress, bad=bad)
 
     def logits_paths(self, paths: Iterable[Path], *, skip_bad: bool = False, progress: bool = False,
                      bad: list[BadImageError] | None = None) -> Iterator[tuple[Path, np.ndarray]]:
         """Yield ``(path, raw logits)`` per readable image (for out-of-distribution scores, wbc.ood)."""
-        return self._stream(paths, self.logits_arrays, skip_bad=skip_bad, progress=progress, bad=bad)
+        return self._stream(paths, False, skip_bad=skip_bad, progress=progress, bad=bad)
 
-    def _stream(self, paths: Iterable[Path], run, *, skip_bad: bool, progress: bool,
+    def _stream(self, paths: Iterable[Path], probs: bool, *, skip_bad: bool, progress: bool,
                 bad: list[BadImageError] | None) -> Iterator[tuple[Path, np.ndarray]]:
+        """Decode in a worker, classify in batches; yield probabilities (``probs``) or raw logits per image;
+        unstained images get zero logits (:func:`wbc.ood.abstain_unstained`)."""
         paths = [Path(p) for p in paths]
         workers = 1 if len(paths) > 2 * self.batch_size else 0
         loader = DataLoader(_Files(paths, self.info), batch_size=self.batch_size, num_workers=workers,
                             collate_fn=_collate, prefetch_factor=4 if workers else None)
         bar = progress_bar(total=len(paths), desc="predicting", unit="img", enabled=progress)
         for items in loader:
-            ok = [(i, a) for i, a, err in items if err is None]
-            for i, _, err in items:
+            ok = [(i, a, stain) for i, a, stain, err in items if err is None]
+            for i, _, _, err in items:
                 if err is not None:
                     exc = BadImageError(paths[i], err)
                     if bad is not None:
@@ -203,8 +209,11 @@ class Predictor:
                     if not skip_bad and bad is None:
                         raise exc
             if ok:
-                out = run(np.stack([a for _, a in ok]))
-                for (i, _), row in zip(ok, out):
+                out = abstain_unstained(self.logits_arrays(np.stack([a for _, a, _ in ok])),
+                                        np.array([stain for *_, stain in ok]))
+                if probs:
+                    out = softmax_np(out, self.info.temperature)
+                for (i, *_), row in zip(ok, out):
                     yield paths[i], row
             bar.update(len(items))
         bar.close()

@@ -9,8 +9,12 @@ was trained on and low for things unlike them. The rule (docs/decisions/0013-out
 
 where ``unknown_threshold`` is the 5th percentile of the energies of the model's own validation cells
 (95 % of real cells pass), fitted by ``wbc train`` / ``wbc calibrate`` / ``wbc adapt`` and stored in
-the model (:class:`wbc.modelio.ModelInfo`). The energy is taken at temperature 1 so that refitting the
-temperature does not move it. Models without logits (the classical, scikit-learn ones) get no
+the model (:class:`wbc.modelio.ModelInfo`). Before that, an image with no blue/purple stain at all
+(:func:`wbc.preprocessing.has_stain`, on the crop before colour normalisation: plasma, an empty
+field) is unknown whatever the network says: its logits are shifted to energy ``log C`` (that of zero
+logits), below any fitted threshold; its probabilities stay. Colour normalisation would otherwise
+stretch such a crop into texture the network reads as a cell. The energy is taken at temperature 1
+so that refitting the temperature does not move it. Models without logits (the classical, scikit-learn ones) get no
 unknown verdict; they are scored by their maximum probability (MSP) for ``wbc evaluate-ood`` only.
 """
 
@@ -76,6 +80,25 @@ def is_unknown(scores: np.ndarray, threshold: float | None) -> np.ndarray:
     """
     scores = np.asarray(scores, float)
     return np.zeros(scores.shape, bool) if threshold is None else scores < threshold
+
+
+def abstain_unstained(logits: np.ndarray, stained: np.ndarray) -> np.ndarray:
+    """``logits`` with the rows of unstained images (``stained`` False: :func:`wbc.preprocessing.has_stain`)
+    shifted so that their energy is ``log C``, that of zero logits (no evidence for any class): below any
+    fitted unknown threshold, so they are called unknown and sent to review. Softmax is shift-invariant:
+    the class probabilities, and so the top-1 answer every accuracy is computed from, do not change.
+
+    >>> z = abstain_unstained(np.array([[2.0, -1.0], [3.0, 0.0]]), np.array([True, False]))
+    >>> z[0].tolist(), energy(z).round(4).tolist(), round(float(z[1, 0] - z[1, 1]), 4)
+    ([2.0, -1.0], [2.0486, 0.6931], 3.0)
+    """
+    keep = np.asarray(stained, bool)
+    if keep.all():
+        return logits
+    logits = np.array(logits, dtype=np.float64, copy=True)
+    drop = logits[~keep]
+    logits[~keep] = drop - logsumexp(drop, axis=1, keepdims=True) + np.log(drop.shape[1])
+    return logits.astype(np.float32)
 
 
 def score_kind(predictor) -> OodScore:
