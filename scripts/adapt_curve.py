@@ -58,13 +58,8 @@ def main() -> None:
     if ("bn, unlabelled", 0) in done:
         rows.append(done[("bn, unlabelled", 0)])
     else:
-        unl = work / "kaggle-train-unlabelled.csv"  # Kaggle TRAIN's train split, labels dropped
-        unl.parent.mkdir(parents=True, exist_ok=True)
-        man = ROOT / "data/splits/kaggle.csv"
-        lines = [ln.split(",")[0] for ln in man.read_text().splitlines()[1:] if ln.rstrip().endswith(",train")]
-        unl.write_text("path,label\n" + "".join(f"{(man.parent / p).resolve()},\n" for p in lines))
-        adapt(AdaptConfig(data=[], unlabelled=[str(unl)], out=str(work / "bn-unlabelled"), model=source,
-                          progress=False))
+        adapt(AdaptConfig(data=[], unlabelled=[str(ROOT / "data/splits/kaggle.csv")], split="train",  # labels ignored
+                          out=str(work / "bn-unlabelled"), model=source, progress=False))
         rows.append({"variant": "bn, unlabelled", "shots": 0, "seeds": 1,
                      **score(str(work / "bn-unlabelled"), "bn-unlabelled")})
     print(rows[-1], flush=True)

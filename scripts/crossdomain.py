@@ -109,12 +109,8 @@ def robust_models(work: Path) -> dict[str, Path]:
                               **ROBUST, **extra))
         out[name] = run
         adapted = work / f"{name}+adabn"
-        if not (adapted / "model.safetensors").is_file():
-            unlabelled = work / f"{name}-unlabelled.csv"  # the other lab's training split, labels dropped
-            rows = [{"path": str((other_lab.parent / r["path"]).resolve()), "label": "", "group": "", "split": ""}
-                    for r in csv.DictReader(other_lab.open()) if r["split"] == "train"]
-            _write(unlabelled, rows)
-            adapt(AdaptConfig(data=[], unlabelled=[str(unlabelled)], out=str(adapted), model=str(run),
+        if not (adapted / "model.safetensors").is_file():  # the other lab's training split, labels ignored
+            adapt(AdaptConfig(data=[], unlabelled=[str(other_lab)], split="train", out=str(adapted), model=str(run),
                               max_unlabelled=2000, progress=False))
         out[f"{name}+adabn"] = adapted / "model.safetensors"
     return out

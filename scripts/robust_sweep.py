@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -63,10 +64,6 @@ def records(manifest: Path, split: str, classes=None):
     return [r for r in recs if classes is None or r.label in classes]
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
-
-
 def score(net, info, recs, bn_recs=None) -> dict:
     """Accuracy and balanced accuracy over the shared classes of ``recs`` (restricted predictions)."""
     pre = info.preprocess
@@ -80,7 +77,8 @@ def score(net, info, recs, bn_recs=None) -> dict:
     cols = [info.classes.index(c) for c in present]
     y = np.array([present.index(r.label) for r in recs])
     pred = logits[:, cols].argmax(1)
-    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": balanced_accuracy(y, pred), "n": len(y)}
+    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "n": len(y)}
 
 
 def run(name: str, work: Path) -> dict:

@@ -95,6 +95,16 @@ def test_unlabelled_adaptation_needs_no_labels(lab, tmp_path, capsys):
     assert info.unknown_threshold != read_info(default_model_path()).unknown_threshold
 
 
+def test_unlabelled_manifest_honours_split(lab, tmp_path, capsys):
+    """A manifest given as --unlabelled: only the rows of --split are used (labels ignored)."""
+    files = sorted((lab / "shots").rglob("*.png"))
+    man = tmp_path / "m.csv"
+    man.write_text("path,label,split\n" + "".join(f"{f},{f.parent.name},{'train' if i < 40 else 'test'}\n"
+                                                 for i, f in enumerate(files * 2)))
+    assert main(["-q", "adapt", "--unlabelled", str(man), "--split", "train", "--out", str(tmp_path / "u")]) == 0
+    assert "40 unlabelled images" in capsys.readouterr().out
+
+
 def test_adapt_needs_some_cells(tmp_path, capsys):
     assert main(["-q", "adapt", "--out", str(tmp_path / "x")]) == 2
     assert "nothing to adapt to" in capsys.readouterr().err

@@ -51,7 +51,7 @@ class AdaptConfig:
     unlabelled: list[str] = field(default_factory=list)  # the lab's unlabelled cell images (BatchNorm statistics)
     max_unlabelled: int = 2000  # at most this many of them, drawn at random (seeded)
     shots: int | None = 20  # labelled cells per class used (None: all given)
-    split: str | None = None  # use only this split of a manifest (e.g. "train")
+    split: str | None = None  # use only this split of a manifest (e.g. "train"), labelled and unlabelled
     groups: str | None = None
     bn: bool = True  # re-estimate BatchNorm statistics on the lab's images
     bn_mix: float = 1.0  # weight of the lab's statistics against the original ones
@@ -278,7 +278,11 @@ def _unlabelled_images(cfg: AdaptConfig, pre) -> torch.Tensor | None:
     paths: list[Path] = []
     for d in cfg.unlabelled:
         p = Path(d)
-        paths += [r.path for r in discover(d, cfg.groups).records] if p.suffix == ".csv" else image_files([p])
+        if p.suffix == ".csv":
+            ds = discover(d, cfg.groups)
+            paths += [r.path for r in (ds.split(cfg.split) if cfg.split else ds).records]
+        else:
+            paths += image_files([p])
     if not paths:
         raise WbcError(f"no images in {', '.join(cfg.unlabelled)}")
     if len(paths) > cfg.max_unlabelled:

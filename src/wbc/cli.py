@@ -518,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: model.safetensors, adapt.json, shots.csv")
     p.add_argument("--shots", type=int, default=20, help="cells per class used, distinct groups first; 0 = all "
                    "(default: 20)")
-    p.add_argument("--split", default=None, help="use only this split of a manifest (default: all rows)")
+    p.add_argument("--split", default=None, help="use only this split of a manifest, for --data and --unlabelled "
+                   "(default: all rows)")
     p.add_argument("--groups", default=None, help="CSV mapping images to groups/source cells (default: none)")
     p.add_argument("--no-batchnorm", action="store_true", help="keep the BatchNorm statistics (default: re-estimate)")
     p.add_argument("--bn-mix", type=float, default=1.0, help="weight of the lab's BatchNorm statistics against the "
