@@ -158,7 +158,7 @@ def ood_section() -> list[str]:
              "PBC and Kaggle test images. An image is called unknown when its energy falls below the threshold "
              "stored in the model (95 % of the validation cells pass), or when its crop holds no blue/purple stain "
              "at all before colour normalisation (`wbc.preprocessing.has_stain`: 99th-percentile nucleus score "
-             "< 30; every one of the 2,514 validation cells passes, lowest 36.5); unknown cells go to review like "
+             "< 30; every one of the 2,514 validation cells passes, lowest 36.5: `python scripts/stain_threshold.py`); unknown cells go to review like "
              "low-confidence ones. The stain rule is what catches plasma background: without it, Reinhard "
              "normalisation stretched those crops into texture and energy alone called 21 % of them unknown.", ""]
     o = load(RESULTS / "ood" / "ood.json")
