@@ -121,11 +121,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "results" / "crossdomain"), help="(default: results/crossdomain)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "crossdomain"), help="(default: runs/crossdomain)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated models to (re-)evaluate, e.g. 'default' after retraining the bundled model "
+                         "(default: all)")
     a = ap.parse_args()
     work, out = Path(a.work), Path(a.out)
+    only = set(a.only.split(",")) if a.only else None
     pbc4 = pbc4_manifest(work / "pbc4.csv")
     bccd_all, bccd_unseen = bccd_crops(work)
-    models = {**MODELS, **robust_models(work)}
+    models = {**MODELS, **(robust_models(work) if only is None or only - {"default", *MODELS} else {})}
     tests = {"kaggle-test": (ROOT / "data/splits/kaggle.csv", MAP),
              "pbc-test-4": (pbc4, None), "bccd-fields": (bccd_all, None), "bccd-fields-unseen": (bccd_unseen, None)}
     plan = [("pbc-only", "kaggle-test"), ("pbc-only", "bccd-fields"), ("kaggle-only", "pbc-test-4"),
@@ -136,6 +140,8 @@ def main() -> None:
             ("kaggle-only-robust+adabn", "pbc-test-4"),
             ("default", "bccd-fields-unseen")]
     for model, test in plan:
+        if only is not None and model not in only:
+            continue
         path = models[model]
         weights = Path(path) / "model.safetensors" if path is not None and Path(path).is_dir() else path
         if weights is not None and not Path(weights).exists():  # results/ keeps metrics, not weights

@@ -53,20 +53,42 @@ def load(path: Path) -> dict | None:
 
 
 def default_recipe() -> str:
-    run = load(RESULTS / "default" / "run.json")
-    if run is None:
-        return "_Training run not recorded yet._"
-    c, r = run["config"], run["result"]
+    runs = {m: load(RESULTS / "default" / f"member-{m}" / "run.json") for m in ("a", "b")}
+    if None in runs.values():
+        return "_Training runs not recorded yet._"
+    c = runs["a"]["config"]
     pre = c.get("preprocess") or {}
-    return (f"`{c['arch']}` ({'ImageNet weights' if c['pretrained'] else 'random init'}), {c['img_size']} px on a "
+    from wbc.modelio import default_model_path, read_info
+    info = read_info(default_model_path())
+
+    def trained(r: dict) -> str:
+        r = r["result"]
+        return (f"epoch {r['best_epoch']} of {r['epochs_run']} kept, {r['n_train']} training images, "
+                f"{r['wall_seconds'] / 60:.0f} min")
+    return (f"An ensemble of {len(info.members)} members, their logits averaged (docs/decisions/0015). Each member: "
+            f"`{c['arch']}` ({'ImageNet weights' if c['pretrained'] else 'random init'}), {c['img_size']} px on a "
             f"WBC-centred crop ({100 * pre.get('crop', 1):.0f} % of the short side), colour normalisation "
             f"{pre.get('stain_norm') or 'none'}, Adam {c['lr']:g} "
             f"{c['schedule']}, {c['epochs']} epochs, augmentation `{c.get('augment_preset', 'standard')}`, label "
-            f"smoothing {c.get('label_smoothing', 0)}, class-weighted loss {c['class_weights']}, at most "
-            f"{c['max_per_class']} training images per class, checkpoint chosen on validation {c.get('monitor', 'val_loss')} "
-            f"(epoch {r['best_epoch']} of {r['epochs_run']}), temperature {r['temperature']:.2f} fitted on validation; "
-            f"{r['n_train']} training and {r['n_val']} validation images; trained in {r['wall_seconds'] / 60:.0f} min. "
-            f"Data: {', '.join(c['data'])} (PBC train split plus Kaggle TRAIN, Kaggle classes mapped onto PBC names).")
+            f"smoothing {c.get('label_smoothing', 0)}, class-weighted loss {c['class_weights']}, checkpoint chosen on "
+            f"validation {c.get('monitor', 'val_loss')}, {runs['a']['result']['n_val']} validation images. Member a "
+            f"caps training images at {c['max_per_class']} per class over both sources ({trained(runs['a'])}); "
+            f"member b caps each source separately (`--cap-each-source`, so every PBC training image is used; "
+            f"{trained(runs['b'])}). Temperature {info.temperature:.2f} fitted on the ensemble's validation "
+            f"predictions. Data: {', '.join(c['data'])} (PBC train split plus Kaggle TRAIN, Kaggle classes mapped "
+            f"onto PBC names).")
+
+
+def choice_table() -> list[str]:
+    """Validation accuracy of each member and of the ensemble: the choice of docs/decisions/0015."""
+    rows = ["| model | PBC val % | Kaggle val % | both % |", "|---|---|---|---|"]
+    for key, name in (("member-a", "member a"), ("member-b", "member b"), ("ensemble", "ensemble (bundled)")):
+        ms = [load(RESULTS / "default" / "val" / f"{key}-{s}" / "metrics.json") for s in ("pbc", "kaggle")]
+        if None in ms:
+            return []
+        both = sum(m["accuracy"] * m["n_images"] for m in ms) / sum(m["n_images"] for m in ms)
+        rows.append(f"| {name} | {pct(ms[0]['accuracy'])} | {pct(ms[1]['accuracy'])} | {pct(both)} |")
+    return ["Chosen on the validation splits (torch backend), before any test figure was seen:", "", *rows, ""]
 
 
 def review_line() -> str:
@@ -239,6 +261,7 @@ def main() -> None:
         "shipped path. Evaluated once on held-out tests it never saw: the PBC group-aware test split and the official Kaggle TEST "
         "folder (its predictions restricted to Kaggle's four classes).", "",
         "Command: `bash scripts/results.sh default`", "",
+        *choice_table(),
         "| test set | accuracy % (95 % CI) | balanced acc % | macro F1 % | images | CI |", "|---|---|---|---|---|---|",
         metrics_line("PBC test (8 classes)", RESULTS / "default" / "pbc-test" / "metrics.json"),
         metrics_line("Kaggle official TEST (4 classes)", RESULTS / "default" / "kaggle-test" / "metrics.json"), "",

@@ -4,14 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import PBC, need_shared
-from wbc.adapt import AdaptConfig, adapt, pick_shots
+from wbc.adapt import AdaptConfig, _head, adapt, pick_shots
 from wbc.cli import main
 from wbc.data import ImageRecord
 from wbc.inference import Predictor
-from wbc.modelio import default_model_path, read_info
+from wbc.modelio import default_model_path, load_model, read_info
 
 CLASSES = ("lymphocyte", "neutrophil", "eosinophil", "monocyte")
 
@@ -58,6 +59,11 @@ def test_adaptation_recovers_accuracy_on_a_shifted_lab(lab, tmp_path):
     # the unknown threshold is re-fitted on the lab's cells (new BatchNorm statistics and head move every energy)
     assert info.unknown_threshold == s["unknown_threshold"] is not None
     assert info.unknown_threshold != read_info(default_model_path()).unknown_threshold
+    # the bundled model is an ensemble: every member's head was re-fitted
+    adapted, original = load_model(tmp_path / "a" / "model.safetensors")[0], load_model(None)[0]
+    assert len(adapted.members) == 2
+    for new, old in zip(adapted.members, original.members):
+        assert not torch.equal(_head(new).weight, _head(old).weight)
 
 
 def test_cli_adapt_and_bad_class(lab, tmp_path, capsys):

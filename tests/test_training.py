@@ -99,3 +99,22 @@ def test_train_without_arch_or_fast_is_a_clear_error(tree, tmp_path, capsys):
     from wbc.cli import main
     assert main(["train", "--data", str(tree), "--out", str(tmp_path / "x")]) == 2
     assert "--arch" in capsys.readouterr().err
+
+
+def test_max_per_class_caps_each_source_on_its_own(tmp_path):
+    # a big source of one class must not crowd the other source's images of that class out of the cap
+    from wbc.training import prepare_split
+    big = tiny_class_tree(tmp_path / "big", per_class=12, classes=("neutrophil",))
+    small = tiny_class_tree(tmp_path / "small", per_class=4, classes=("lymphocyte", "neutrophil"))
+    # distinct files in the small source (tiny_class_tree copies the same first images)
+    for f in (small / "neutrophil").iterdir():
+        f.rename(f.with_name("s_" + f.name))
+    cfg = TrainConfig(data=[str(big), str(small)], out=str(tmp_path / "o"), arch="asghar-cnn", val_fraction=0.25,
+                      max_per_class=5, cap_each_source=True, seed=0, progress=False)
+    train_recs, _ = prepare_split(cfg)
+    per_source = {}
+    for r in train_recs:
+        key = ("small" if "/small/" in str(r.path) else "big", r.label)
+        per_source[key] = per_source.get(key, 0) + 1
+    assert per_source[("big", "neutrophil")] == 5
+    assert 1 <= per_source[("small", "neutrophil")] <= 4 and ("small", "lymphocyte") in per_source

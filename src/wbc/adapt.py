@@ -34,6 +34,7 @@ from .errors import WbcError
 from .imageset import decode_images
 from .io import write_csv, write_json
 from .modelio import load_model, resolve_model_path, save_model
+from .models.ensemble import Ensemble
 from .ood import energy, unknown_threshold
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,17 @@ def pick_shots(records: list[ImageRecord], shots: int | None, seed: int) -> list
             seen.add(key)
         out += (first + rest)[:shots]
     return out
+
+
+def _members(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The networks whose heads adaptation re-fits: an ensemble's members, else the network itself."""
+    return list(net.members) if isinstance(net, Ensemble) else [net]
+
+
+def _mean_logits(parts: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Logits computed from the head inputs (as the head fit sees them), averaged over ``parts``."""
+    return torch.stack([penultimate(m, x) @ _head(m).weight.detach().float().T + _head(m).bias.detach().float()
+                        for m in parts]).mean(0)
 
 
 def _head(net: torch.nn.Module) -> torch.nn.Linear:
@@ -219,9 +231,11 @@ def adapt(cfg: AdaptConfig) -> dict:
     x = _views(x_u8, cfg.views, g, pre.mean, pre.std)
     yv = y.repeat(cfg.views)
     n_bn = reestimate_batchnorm(net, x if x_unl is None else torch.cat([x, x_unl]), mix=cfg.bn_mix) if cfg.bn else 0
-    head = _head(net)
-    w0, b0 = head.weight.detach().float().clone(), head.bias.detach().float().clone()
-    feats = penultimate(net, x)
+    # an ensemble re-fits each member's head on that member's features; its logits are the members' mean
+    parts = _members(net)
+    heads = [_head(m) for m in parts]
+    start = [(h.weight.detach().float().clone(), h.bias.detach().float().clone()) for h in heads]
+    feats = [penultimate(m, x) for m in parts]
     t_new = info.temperature
     if cfg.head:
         # 2-fold cross-fitting: the temperature is fitted on shots the head did not see
@@ -229,19 +243,23 @@ def adapt(cfg: AdaptConfig) -> dict:
         logits_out, labels_out = [], []
         for k in (0, 1):
             tr = fold != k
-            w, b = fit_head(feats[tr], yv[tr], w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
             te = torch.nonzero(fold[: len(y)] == k).squeeze(1)
-            logits_out.append(feats[te] @ w.T + b)
+            member_logits = []
+            for f, (w0, b0) in zip(feats, start):
+                w, b = fit_head(f[tr], yv[tr], w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
+                member_logits.append(f[te] @ w.T + b)
+            logits_out.append(torch.stack(member_logits).mean(0))
             labels_out.append(y[te])
-        held_out = torch.cat(logits_out)  # every unaugmented shot, scored by a head that did not see it
+        held_out = torch.cat(logits_out)  # every unaugmented shot, scored by heads that did not see it
         if len(y) >= 4:
             t_new = fit_temperature(held_out, torch.cat(labels_out))
-        w, b = fit_head(feats, yv, w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
-        with torch.no_grad():
-            head.weight.copy_(w)
-            head.bias.copy_(b)
+        for head, f, (w0, b0) in zip(heads, feats, start):
+            w, b = fit_head(f, yv, w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
+            with torch.no_grad():
+                head.weight.copy_(w)
+                head.bias.copy_(b)
     else:
-        held_out = penultimate(net, x[: len(y)]) @ w0.T + b0
+        held_out = _mean_logits(parts, x[: len(y)])
         if len(y) >= 4:
             t_new = fit_temperature(held_out, y)
     # 95 % of the lab's own cells pass as known; with fewer than 4 shots there is nothing to fit it on
@@ -299,7 +317,7 @@ def _adapt_unlabelled(cfg: AdaptConfig, path: Path, net: torch.nn.Module, info, 
     """Label-free adaptation: BatchNorm statistics of the lab's own images (AdaBN); the head and the
     temperature stay; the unknown threshold is re-fitted so that 95 % of the lab's images pass as known."""
     n_bn = reestimate_batchnorm(net, x, mix=cfg.bn_mix) if cfg.bn else 0
-    logits = penultimate(net, x) @ _head(net).weight.detach().float().T + _head(net).bias.detach().float()
+    logits = _mean_logits(_members(net), x)
     t_unknown = unknown_threshold(energy(logits.numpy())) if torch.isfinite(logits).all() else None
     summary = {"source_model": str(path), "data": [], "unlabelled": [str(d) for d in cfg.unlabelled],
                "unlabelled_images": len(x), "classes_given": [], "shots": 0, "per_class": {},

@@ -64,6 +64,9 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
                    help="group duplicate and near-duplicate images before splitting (default: off)")
     g.add_argument("--max-per-class", type=int, default=None,
                    help="subsample training images per class for a reduced budget (default: all)")
+    g.add_argument("--cap-each-source", action="store_true",
+                   help="apply --max-per-class to each --data source on its own, so a big source does not crowd "
+                        "another out of a shared class (default: one cap over all sources)")
     _add_input_checks(g)
     t = p.add_argument_group("Training")
     if arch_required:
@@ -102,7 +105,8 @@ def _train_config(args, arch: str, out: str):
         groups=args.groups, dedup=args.dedup, epochs=args.epochs, img_size=args.img_size,
         batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
         pretrained=not args.no_pretrained, class_weights=args.class_weights, patience=args.patience, monitor=args.monitor,
-        precision=args.precision, max_per_class=args.max_per_class, skip_bad=args.skip_bad,
+        precision=args.precision, max_per_class=args.max_per_class, cap_each_source=args.cap_each_source,
+        skip_bad=args.skip_bad,
         resume=getattr(args, "resume", False), augment=not args.no_augment, threads=args.threads,
         augment_preset=args.augment, label_smoothing=args.label_smoothing,
         preprocess=_preprocess_options(args), progress=not args.quiet)
@@ -358,6 +362,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from .modelio import combine_models
+    out = combine_models(args.models, args.out, half=args.half)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), the mean of {len(args.models)} models' logits; "
+          f"fit its temperature and thresholds next: wbc calibrate --model {out} --data VAL --out {out}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .service import ServiceSettings, serve
     serve(ServiceSettings(host=args.host, port=args.port, data_dir=Path(args.data_dir), db_url=args.db, token=args.token,
@@ -569,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--review-threshold", type=float, default=None, help="cells below this calibrated confidence "
                    "are marked for review (default: the model's own, else 0.7)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("ensemble", help="combine models with the same classes and preprocessing into one "
+                       "(the mean of their logits; docs/decisions/0015)")
+    p.add_argument("models", nargs="+", help="run folders or model files (at least two)")
+    p.add_argument("--half", action="store_true", help="store fp16 tensors (half the size)")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("export", help="write a trained model in another format")
     p.add_argument("--model", "-m", default=None, help="run folder or model file (default: the bundled model)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import WbcError
+from .models.ensemble import ENSEMBLE, Ensemble
 from .models.registry import get_spec
 from .preprocessing import PreprocessConfig
 
@@ -36,6 +39,7 @@ class ModelInfo:
     review_threshold: float | None = None  # confidence below which a cell goes to review
     unknown_threshold: float | None = None  # logit energy below which an image is "unknown" (wbc.ood)
     training: dict[str, Any] = field(default_factory=dict)  # provenance: data, command, epochs, metrics
+    members: list[str] = field(default_factory=list)  # arch == "ensemble": the members' architectures
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -101,6 +105,41 @@ def read_info(path: Path) -> ModelInfo:
     return ModelInfo.from_json(meta["wbc"])
 
 
+def build_network(info: ModelInfo) -> torch.nn.Module:
+    """The untrained network ``info`` describes (an :class:`~wbc.models.ensemble.Ensemble` of its members)."""
+    if info.arch == ENSEMBLE:
+        return Ensemble([get_spec(a).build(num_classes=len(info.classes), pretrained=False) for a in info.members])
+    return get_spec(info.arch).build(num_classes=len(info.classes), pretrained=False)
+
+
+def combine_models(models: list[str | Path], out: str | Path, half: bool = False) -> Path:
+    """Write one model file that averages the logits of ``models`` (same classes and preprocessing).
+
+    Temperature, review and unknown thresholds are not carried over: fit them on the ensemble
+    with ``wbc calibrate``.
+    """
+    if len(models) < 2:
+        raise WbcError("an ensemble needs at least two models")
+    nets, infos = zip(*(load_model(m) for m in models))
+    first = infos[0]
+    for m, info in zip(models[1:], infos[1:]):
+        if info.classes != first.classes:
+            raise WbcError(f"{m}: classes {info.classes} differ from {models[0]}'s {first.classes}")
+        if info.preprocess.to_dict() != first.preprocess.to_dict():
+            raise WbcError(f"{m}: preprocessing {info.preprocess.to_dict()} differs from {models[0]}'s "
+                           f"{first.preprocess.to_dict()}")
+    members, flat = [], []
+    for net, info in zip(nets, infos):  # an ensemble of ensembles is one flat ensemble
+        members += list(net.members) if info.arch == ENSEMBLE else [net]
+        flat += info.members if info.arch == ENSEMBLE else [info.arch]
+    info = ModelInfo(arch=ENSEMBLE, classes=list(first.classes), preprocess=first.preprocess, members=flat,
+                     training={"command": shlex.join(sys.argv), "ensemble_of": [str(m) for m in models],
+                               "members": [dict(i.training, arch=i.arch) for i in infos]})
+    out = Path(out)
+    save_model(out, Ensemble(members), info, half=half)
+    return out
+
+
 def load_model(model: str | Path | None) -> tuple[torch.nn.Module, ModelInfo]:
     """Build the architecture and load the weights; returns the model in eval mode (fp32)."""
     path = resolve_model_path(model)
@@ -109,7 +148,7 @@ def load_model(model: str | Path | None) -> tuple[torch.nn.Module, ModelInfo]:
     if path.suffix == ".onnx":
         raise WbcError(f"{path}: an ONNX model; run it with --backend onnxruntime")
     info = read_info(path)
-    net = get_spec(info.arch).build(num_classes=len(info.classes), pretrained=False)
+    net = build_network(info)
     state = load_file(str(path))
     ref = net.state_dict()
     state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}

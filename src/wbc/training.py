@@ -64,6 +64,7 @@ class TrainConfig:
     monitor: str = "val_loss"  # or "val_accuracy": which validation figure picks the kept checkpoint
     precision: str = "auto"
     max_per_class: int | None = None  # subsample the training set (reduced budgets)
+    cap_each_source: bool = False  # apply max_per_class to each --data source separately
     skip_bad: bool = False
     resume: bool = False
     augment: bool = True
@@ -148,9 +149,10 @@ def _subsample(records: list[ImageRecord], per_class: int, seed: int) -> list[Im
 
 def prepare_split(cfg: TrainConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Resolve the training and validation records (leakage-safe)."""
-    train, val, held_in_data = [], [], []
+    train, val, held_in_data, sources = [], [], [], []
     for path in cfg.data:
         ds = discover(path, cfg.groups)
+        sources.append(ds.records)
         train += training_records(ds)
         held_in_data += validation_records(ds) if ds.splits and "val" in ds.splits else []
     if cfg.val_data:
@@ -172,7 +174,14 @@ def prepare_split(cfg: TrainConfig) -> tuple[list[ImageRecord], list[ImageRecord
     if shared:
         log.warning("%d groups appear in both training and validation data", shared)
     if cfg.max_per_class:
-        train = _subsample(train, cfg.max_per_class, cfg.seed)
+        if cfg.cap_each_source:
+            # each --data source capped on its own: a source of augmented copies (Kaggle) does not crowd
+            # out the unique images of another (PBC) within a shared class
+            source = {r.path: i for i in range(len(cfg.data)) for r in sources[i]}
+            train = [r for i in range(len(cfg.data)) for r in
+                     _subsample([r for r in train if source.get(r.path, 0) == i], cfg.max_per_class, cfg.seed)]
+        else:
+            train = _subsample(train, cfg.max_per_class, cfg.seed)
     return train, val
 
 
