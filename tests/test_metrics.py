@@ -135,6 +135,16 @@ def test_missing_groups_are_single_images_and_one_group_gives_no_ci():
     assert classification_metrics(y, one_hot_probs(y, 2), ["a", "b"], n_boot=0)["accuracy_ci95"] == [None, None]
 
 
+def test_group_accuracy_weights_each_group_once():
+    # group g1 has 6 copies, all wrong; groups g2 and g3 one image each, right: 2 of 8 images, 2 of 3 groups
+    y = np.zeros(8, dtype=int)
+    probs = one_hot_probs(np.array([1] * 6 + [0, 0]), 2)
+    m = classification_metrics(y, probs, ["a", "b"], groups=["g1"] * 6 + ["g2", "g3"], n_boot=0)
+    assert m["accuracy"] == pytest.approx(2 / 8)
+    assert m["group_accuracy"] == pytest.approx(2 / 3) and m["n_groups"] == 3
+    assert "group_accuracy" not in classification_metrics(y, probs, ["a", "b"], n_boot=0)
+
+
 def test_bootstrap_is_fast_and_image_ci_width_is_binomial():
     rng = np.random.default_rng(3)
     n = 10_000

@@ -189,6 +189,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Seque
         units, n_groups = _group_units(groups, n)
         ci_method = f"bootstrap over groups (n_groups={n_groups})"
     ci = bootstrap_ci(y, pred, n_classes, units, n_boot=n_boot, seed=seed)
+    by_group = {}
+    if units is not None:  # each group (e.g. a source cell with many augmented copies) weighted once
+        per_unit = np.bincount(units, weights=(pred == y)) / np.bincount(units)
+        by_group = {"group_accuracy": float(per_unit.mean()), "n_groups": int(n_groups)}
     return {
         "n_images": int(n),
         "classes": classes,
@@ -203,6 +207,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Seque
         "ci_method": ci_method if n_boot > 0 else "none (n_boot=0)",
         "confusion_matrix": cm.tolist(),
         "per_class": per_class,
+        **by_group,
     }
 
 
