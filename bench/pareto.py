@@ -26,7 +26,11 @@ CANDIDATES = {  # name: (model, PBC test metrics)
                                              "results/pbc/efficientnet_lite0/eval/metrics.json"),
     "risodkar-cnn 102 px (PBC only)": ("results/pbc/risodkar-cnn", "results/pbc/risodkar-cnn/eval/metrics.json"),
     "asghar-cnn 100 px (PBC only)": ("results/pbc/asghar-cnn", "results/pbc/asghar-cnn/eval/metrics.json"),
-    "bundled: mobilenet_v2 160 px (PBC + Kaggle), torch path": (None, "results/default/pbc-test/metrics.json"),
+    "member a: mobilenet_v2 160 px (PBC + Kaggle)": ("runs/default",
+                                                     "results/default/members-test/member-a-pbc/metrics.json"),
+    "member b: mobilenet_v2 160 px (PBC + Kaggle, --cap-each-source)": (
+        "runs/default-b", "results/default/members-test/member-b-pbc/metrics.json"),
+    "bundled: ensemble of members a and b, torch path": (None, "results/default/pbc-test/metrics.json"),
 }
 
 
@@ -47,6 +51,9 @@ def main() -> None:
         return 2 * len(arrays) / (time.perf_counter() - t)
 
     for name, (model, metrics) in CANDIDATES.items():
+        if model is not None and not any((ROOT / model / f).is_file() for f in ("model.safetensors", "model.onnx")):
+            print(f"skipped {name}: no weights at {model} (run its step of scripts/results.sh)", file=sys.stderr)
+            continue
         pred = Predictor(None if model is None else ROOT / model)
         arrays = np.stack([prepare(im, pred.info.preprocess) for im in images])
         m = json.loads((ROOT / metrics).read_text())

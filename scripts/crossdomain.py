@@ -139,6 +139,10 @@ def main() -> None:
             ("kaggle-only-robust", "pbc-test-4"), ("kaggle-only-robust", "bccd-fields-unseen"),
             ("kaggle-only-robust+adabn", "pbc-test-4"),
             ("default", "bccd-fields-unseen")]
+    unknown = (only or set()) - {m for m, _ in plan}
+    if unknown:
+        ap.error(f"--only: unknown model(s) {', '.join(sorted(unknown))}; choose from "
+                 f"{', '.join(dict.fromkeys(m for m, _ in plan))}")
     for model, test in plan:
         if only is not None and model not in only:
             continue

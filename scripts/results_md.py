@@ -60,6 +60,8 @@ def default_recipe() -> str:
     pre = c.get("preprocess") or {}
     from wbc.modelio import default_model_path, read_info
     info = read_info(default_model_path())
+    if info.arch != "ensemble":
+        return "_The bundled model is not the ensemble this section describes; re-run `bash scripts/results.sh default`._"
 
     def trained(r: dict) -> str:
         r = r["result"]

@@ -82,3 +82,50 @@ def test_bundled_model_is_a_calibrated_ensemble():
     info = read_info(default_model_path())
     assert info.arch == "ensemble" and len(info.members) == 2
     assert info.temperature != 1.0 and info.review_threshold is not None and info.unknown_threshold is not None
+
+
+def test_wbc_ensemble_rejects_bad_inputs_in_one_line(tmp_path, capsys):
+    a, b = _model(tmp_path / "a.safetensors", 1), _model(tmp_path / "b.safetensors", 2)
+    (tmp_path / "m.onnx").write_bytes(b"not a model")
+    cases = {"twice": [str(a), str(a), "--out", str(tmp_path / "e.safetensors")],
+             ".safetensors models": [str(a), str(tmp_path / "m.onnx"), "--out", str(tmp_path / "e.safetensors")],
+             "ending in .safetensors": [str(a), str(b), "--out", str(tmp_path / "e.onnx")]}
+    for expected, argv in cases.items():
+        assert main(["ensemble", *argv]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert main(["ensemble", str(a), str(b), "--out", str(tmp_path)]) == 2  # a folder is not a model file
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "e.onnx").exists()
+    # a missing output folder is created
+    assert main(["ensemble", str(a), str(b), "--out", str(tmp_path / "new" / "e.safetensors")]) == 0
+
+
+def test_batchnorm_ensemble_through_the_predictor_and_adaptation_helpers(tmp_path):
+    # MobileNetV2 members (BatchNorm): folded BatchNorm in the predictor and the adaptation helpers
+    # must see the ensemble's mean logits, not one member's
+    from wbc.adapt import _mean_logits, _members
+    from wbc.augment import normalise, to_float
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        net = get_spec("mobilenet_v2").build(num_classes=4, pretrained=False).eval()
+        for m in net.modules():  # non-trivial running statistics, different per member
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        p = tmp_path / f"m{seed}.safetensors"
+        save_model(p, net, ModelInfo(arch="mobilenet_v2", classes=CLASSES, preprocess=PreprocessConfig(img_size=64)))
+        paths.append(p)
+    ens = combine_models(paths, tmp_path / "ens.safetensors")
+    images = _samples()
+    la, lb = (Predictor(p, precision="fp32").logits_images(images) for p in paths)
+    np.testing.assert_allclose(Predictor(ens, precision="fp32").logits_images(images), (la + lb) / 2,
+                               rtol=1e-3, atol=1e-3)
+    net, info = load_model(ens)
+    from wbc.preprocessing import prepare
+    x = normalise(to_float(torch.from_numpy(np.stack([prepare(im, info.preprocess) for im in images]))),
+                  info.preprocess.mean, info.preprocess.std)
+    with torch.no_grad():
+        direct = net(x)
+    np.testing.assert_allclose(_mean_logits(_members(net), x, precision="fp32").numpy(), direct.numpy(),
+                               rtol=1e-3, atol=1e-3)

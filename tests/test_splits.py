@@ -46,3 +46,12 @@ def test_committed_splits_are_leakage_free(shared):
         if name == "pbc.csv":
             assert check_disjoint(parts["train"], parts["test"]) == 0
         assert all(r.path.is_file() for r in parts["val"][:20])
+
+
+def test_too_few_images_to_stratify_is_a_clear_error():
+    from wbc.errors import WbcError
+    records = [ImageRecord(Path(f"{c}{i}.png"), c, None) for c in "abc" for i in range(4)]
+    with pytest.raises(WbcError, match="12 images in 3 classes are too few to hold out 15%"):
+        split_off(records, 0.15, seed=0)
+    rest, held = split_off(records, 0.25, seed=0)  # 3 held out: one per class
+    assert sorted(r.label for r in held) == ["a", "b", "c"] and len(rest) == 9

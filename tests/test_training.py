@@ -118,3 +118,15 @@ def test_max_per_class_caps_each_source_on_its_own(tmp_path):
         per_source[key] = per_source.get(key, 0) + 1
     assert per_source[("big", "neutrophil")] == 5
     assert 1 <= per_source[("small", "neutrophil")] <= 4 and ("small", "lymphocyte") in per_source
+
+
+def test_cap_each_source_needs_a_cap_and_is_wired_to_the_cli(tmp_path):
+    from wbc.cli import _train_config, build_parser
+    from wbc.training import prepare_split
+    with pytest.raises(WbcError, match="--max-per-class"):
+        prepare_split(TrainConfig(data=[str(tiny_class_tree(tmp_path / "t", per_class=4))], out=str(tmp_path / "o"),
+                                  arch="asghar-cnn", cap_each_source=True, progress=False))
+    args = build_parser().parse_args(["train", "--data", "a", "--data", "b", "--arch", "asghar-cnn",
+                                      "--max-per-class", "5", "--cap-each-source", "--out", "o"])
+    cfg = _train_config(args, args.arch, args.out)
+    assert cfg.cap_each_source and cfg.max_per_class == 5

@@ -98,10 +98,10 @@ def _members(net: torch.nn.Module) -> list[torch.nn.Module]:
     return list(net.members) if isinstance(net, Ensemble) else [net]
 
 
-def _mean_logits(parts: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+def _mean_logits(parts: list[torch.nn.Module], x: torch.Tensor, precision: str = "auto") -> torch.Tensor:
     """Logits computed from the head inputs (as the head fit sees them), averaged over ``parts``."""
-    return torch.stack([penultimate(m, x) @ _head(m).weight.detach().float().T + _head(m).bias.detach().float()
-                        for m in parts]).mean(0)
+    return torch.stack([penultimate(m, x, precision) @ _head(m).weight.detach().float().T
+                        + _head(m).bias.detach().float() for m in parts]).mean(0)
 
 
 def _head(net: torch.nn.Module) -> torch.nn.Linear:

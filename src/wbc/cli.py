@@ -363,9 +363,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from .modelio import combine_models
+    from .modelio import combine_models, read_info
     out = combine_models(args.models, args.out, half=args.half)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), the mean of {len(args.models)} models' logits; "
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), the mean of {len(read_info(out).members)} "
+          f"networks' logits; "
           f"fit its temperature and thresholds next: wbc calibrate --model {out} --data VAL --out {out}")
     return 0
 

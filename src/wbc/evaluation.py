@@ -142,8 +142,9 @@ def evaluate(cfg: EvalConfig, predictor: Classifier | None = None) -> dict:
         note_section("What was evaluated",
                      f"Model: {metrics['model']} ({predictor.info.arch}). Data: {cfg.data}, split '{split}', "
                      f"{len(records)} images. Confidence interval: {metrics.get('ci_method', 'bootstrap')}."
-                     + (f" Accuracy with each of the {metrics['n_groups']} groups weighted once (augmented copies of "
-                        f"one source count as one): {metrics['group_accuracy']:.4f}." if "group_accuracy" in metrics
+                     + (f" Accuracy with each of the {metrics['n_groups']} groups weighted once (all images of a "
+                        f"group, e.g. augmented copies of one source cell, count as one): "
+                        f"{metrics['group_accuracy']:.4f}." if "group_accuracy" in metrics
                         else "")),
         metrics_section(metrics),
         image_section("Confusion matrix", out / "confusion_matrix.png"),

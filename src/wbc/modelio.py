@@ -108,19 +108,31 @@ def read_info(path: Path) -> ModelInfo:
 def build_network(info: ModelInfo) -> torch.nn.Module:
     """The untrained network ``info`` describes (an :class:`~wbc.models.ensemble.Ensemble` of its members)."""
     if info.arch == ENSEMBLE:
+        if len(info.members) < 2:
+            raise WbcError(f"an ensemble model file must name at least two member architectures, got {info.members}")
         return Ensemble([get_spec(a).build(num_classes=len(info.classes), pretrained=False) for a in info.members])
     return get_spec(info.arch).build(num_classes=len(info.classes), pretrained=False)
 
 
 def combine_models(models: list[str | Path], out: str | Path, half: bool = False) -> Path:
-    """Write one model file that averages the logits of ``models`` (same classes and preprocessing).
+    """Write one ``.safetensors`` model that averages the logits of ``models`` (same classes and preprocessing).
 
-    Temperature, review and unknown thresholds are not carried over: fit them on the ensemble
-    with ``wbc calibrate``.
+    An ensemble among ``models`` contributes its members, each weighted like any other member (the
+    result is one flat ensemble). Temperature, review and unknown thresholds are not carried over:
+    fit them on the ensemble with ``wbc calibrate``.
     """
     if len(models) < 2:
         raise WbcError("an ensemble needs at least two models")
-    nets, infos = zip(*(load_model(m) for m in models))
+    paths = [resolve_model_path(m) for m in models]
+    for p in paths:
+        if p.suffix != ".safetensors":
+            raise WbcError(f"{p}: wbc ensemble combines neural .safetensors models (export ONNX from the ensemble)")
+    if len(set(p.resolve() for p in paths)) < len(paths):
+        raise WbcError(f"the same model is given twice ({', '.join(str(m) for m in models)})")
+    out = Path(out)
+    if out.suffix != ".safetensors" or out.is_dir():
+        raise WbcError(f"{out}: the ensemble is written as a model file ending in .safetensors")
+    nets, infos = zip(*(load_model(p) for p in paths))
     first = infos[0]
     for m, info in zip(models[1:], infos[1:]):
         if info.classes != first.classes:
@@ -128,14 +140,20 @@ def combine_models(models: list[str | Path], out: str | Path, half: bool = False
         if info.preprocess.to_dict() != first.preprocess.to_dict():
             raise WbcError(f"{m}: preprocessing {info.preprocess.to_dict()} differs from {models[0]}'s "
                            f"{first.preprocess.to_dict()}")
-    members, flat = [], []
+    members, archs, provenance = [], [], []
     for net, info in zip(nets, infos):  # an ensemble of ensembles is one flat ensemble
-        members += list(net.members) if info.arch == ENSEMBLE else [net]
-        flat += info.members if info.arch == ENSEMBLE else [info.arch]
-    info = ModelInfo(arch=ENSEMBLE, classes=list(first.classes), preprocess=first.preprocess, members=flat,
+        if info.arch == ENSEMBLE:
+            members += list(net.members)
+            archs += info.members
+            provenance += info.training.get("members", [{}] * len(info.members))
+        else:
+            members.append(net)
+            archs.append(info.arch)
+            provenance.append(dict(info.training, arch=info.arch))
+    info = ModelInfo(arch=ENSEMBLE, classes=list(first.classes), preprocess=first.preprocess, members=archs,
                      training={"command": shlex.join(sys.argv), "ensemble_of": [str(m) for m in models],
-                               "members": [dict(i.training, arch=i.arch) for i in infos]})
-    out = Path(out)
+                               "members": provenance})
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_model(out, Ensemble(members), info, half=half)
     return out
 

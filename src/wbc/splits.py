@@ -8,6 +8,7 @@ A group is whatever must not be split: the source smear image of an augmented cr
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import Counter
 from dataclasses import replace
@@ -35,6 +36,10 @@ def split_off(records: list[ImageRecord], fraction: float, seed: int) -> tuple[l
     if len(set(groups)) == len(records) and min(Counter(labels).values()) >= 2:
         # no groups to keep together: an exact stratified fraction
         idx = np.arange(len(records))
+        n_classes, n_held = len(set(labels)), math.ceil(fraction * len(records))  # sklearn's rounding
+        if min(n_held, len(records) - n_held) < n_classes:
+            raise WbcError(f"{len(records)} images in {n_classes} classes are too few to hold out {fraction:.0%} "
+                           f"with every class on both sides; add images or change the held-out fraction")
         train_idx, held_idx = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
         return [records[i] for i in sorted(train_idx)], [records[i] for i in sorted(held_idx)]
     n_splits = max(2, int(round(1 / fraction)))

@@ -149,6 +149,8 @@ def _subsample(records: list[ImageRecord], per_class: int, seed: int) -> list[Im
 
 def prepare_split(cfg: TrainConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Resolve the training and validation records (leakage-safe)."""
+    if cfg.cap_each_source and not cfg.max_per_class:
+        raise WbcError("--cap-each-source applies --max-per-class to each --data source: give --max-per-class too")
     train, val, held_in_data, sources = [], [], [], []
     for path in cfg.data:
         ds = discover(path, cfg.groups)
