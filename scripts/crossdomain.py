@@ -4,6 +4,9 @@
 
 Builds two test sets outside the repository (in --work) and evaluates every (model, test set) pair
 with `wbc evaluate` (predictions restricted to the test set's classes):
+* Kaggle TEST (augmented copies of 68 source cells) and TEST_SIMPLE (the un-augmented TEST sources, one
+  image per source cell; the Keras export rescaled each so its brightest pixel is 255), groups from the
+  source map;
 * PBC test split restricted to the four Kaggle classes (``pbc4.csv``);
 * BCCD fields as the Kaggle images were made (the whole 640x480 field at half size, 320x240) for
   every field with exactly one WBC box and one label, group = field; un-augmented originals; ``bccd_unseen.csv`` keeps
@@ -35,6 +38,7 @@ DATA = ROOT.parent / "shared" / "data"
 MASTER = DATA / "blood-cells" / "dataset-master" / "dataset-master"
 PROV = DATA / "blood-cells" / "provenance"
 KAGGLE4 = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+KAGGLE = DATA / "blood-cells" / "dataset2-master" / "dataset2-master" / "images"
 MAP = PROV / "dataset2_source_map.csv"
 MODELS = {"pbc-only": ROOT / "results/pbc/mobilenet_v2", "kaggle-only": ROOT / "results/kaggle-honest/mobilenet_v2",
           "default": None}
@@ -131,14 +135,18 @@ def main() -> None:
     bccd_all, bccd_unseen = bccd_crops(work)
     models = {**MODELS, **(robust_models(work) if only is None or only - {"default", *MODELS} else {})}
     tests = {"kaggle-test": (ROOT / "data/splits/kaggle.csv", MAP),
+             "kaggle-test-simple": (KAGGLE / "TEST_SIMPLE", MAP),
              "pbc-test-4": (pbc4, None), "bccd-fields": (bccd_all, None), "bccd-fields-unseen": (bccd_unseen, None)}
-    plan = [("pbc-only", "kaggle-test"), ("pbc-only", "bccd-fields"), ("kaggle-only", "pbc-test-4"),
+    plan = [("pbc-only", "kaggle-test"), ("pbc-only", "kaggle-test-simple"), ("pbc-only", "bccd-fields"),
+            ("kaggle-only", "pbc-test-4"),
             ("kaggle-only", "bccd-fields-unseen"),
-            ("pbc-only-robust", "kaggle-test"), ("pbc-only-robust", "bccd-fields"),
-            ("pbc-only-robust+adabn", "kaggle-test"), ("pbc-only-robust+adabn", "bccd-fields-unseen"),
+            ("pbc-only-robust", "kaggle-test"), ("pbc-only-robust", "kaggle-test-simple"),
+            ("pbc-only-robust", "bccd-fields"),
+            ("pbc-only-robust+adabn", "kaggle-test"), ("pbc-only-robust+adabn", "kaggle-test-simple"),
+            ("pbc-only-robust+adabn", "bccd-fields-unseen"),
             ("kaggle-only-robust", "pbc-test-4"), ("kaggle-only-robust", "bccd-fields-unseen"),
             ("kaggle-only-robust+adabn", "pbc-test-4"),
-            ("default", "bccd-fields-unseen")]
+            ("default", "kaggle-test-simple"), ("default", "bccd-fields-unseen")]
     unknown = (only or set()) - {m for m, _ in plan}
     if unknown:
         ap.error(f"--only: unknown model(s) {', '.join(sorted(unknown))}; choose from "

@@ -139,7 +139,9 @@ def crossdomain_section() -> list[str]:
              "(128 px, 6 epochs) with the recipe chosen above (docs/decisions/0014: `robust` augmentation, Reinhard "
              "colour normalisation); …+adabn = those adapted without labels (`wbc adapt --unlabelled`: BatchNorm "
              "statistics of 2,000 unlabelled images of the other lab's *training* data, never of the images "
-             "tested); default = the bundled model. Predictions restricted to the test set's classes. BCCD fields = every field with "
+             "tested); default = the bundled model. Predictions restricted to the test set's classes. kaggle-test-simple = "
+             "Kaggle's TEST_SIMPLE, the 71 un-augmented TEST source images (one per source cell, each rescaled by the "
+             "Keras export so its brightest pixel is 255). BCCD fields = every field with "
              "one WBC box and one label, halved to 320x240 as the Kaggle images were made (un-augmented); 'unseen' = "
              "only fields whose source cell fed Kaggle TEST and never TRAIN. The issue's target is ≥ 90 % balanced "
              "accuracy in each cross-domain direction.", "",
