@@ -87,6 +87,8 @@ agreement)  # wbc count vs the per-image labels of BCCD, on fields whose source 
   ;;
 crossdomain)  # train on one source, test on the other (needs the pbc and kaggle-honest steps)
   .venv/bin/python scripts/crossdomain.py --out $OUT/crossdomain
+  # seed 1 and the seed-0 + seed-1 ensembles, on validation only (their rule for test rows was not met)
+  .venv/bin/python scripts/ensemble_transfer.py --out $OUT/ensemble-transfer
   ;;
 adapt)  # few-shot adaptation of the robust PBC-only model (crossdomain step) to Kaggle/BCCD (5, 10, 20 cells per class)
   .venv/bin/python scripts/adapt_curve.py --out $OUT/adapt

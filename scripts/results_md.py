@@ -160,6 +160,18 @@ def crossdomain_section() -> list[str]:
     return lines + [""]
 
 
+def ensemble_transfer_section() -> list[str]:
+    table = RESULTS / "ensemble-transfer" / "transfer.md"
+    return ["### Seed variance and two-seed ensembles across labs (validation only)", "",
+            "Command: `python scripts/ensemble_transfer.py` (part of `bash scripts/results.sh crossdomain`). The "
+            "robust single-source models above (seed 0), their seed-1 twins (same recipe and budget) and the two as "
+            "one ensemble (`wbc ensemble`), scored with the validation protocol of the recipe sweep: PBC-only "
+            "models on Kaggle TRAIN's train split, Kaggle-only models on the PBC validation split (four classes); "
+            "+ AdaBN = BatchNorm statistics from the target's other half. The rule fixed before the run (the pair "
+            "beats seed 0 in both directions without AdaBN) was not met, so the pairs have no test rows.", "",
+            table.read_text().rstrip("\n") if table.is_file() else "_Not run yet._", ""]
+
+
 def adapt_section() -> list[str]:
     lines = ["## Few-shot adaptation to a new lab (`wbc adapt`)", "",
              "Command: `bash scripts/results.sh adapt` (`scripts/adapt_curve.py`, after the crossdomain step). A "
@@ -315,6 +327,7 @@ def main() -> None:
         "1e-3 from random weights). These rows measure what a 2-core CPU affords, not the architectures' ceiling.")
     lines += robust_sweep_section()
     lines += crossdomain_section()
+    lines += ensemble_transfer_section()
     lines += adapt_section()
     lines += ood_section()
     lines += bccd_sections()
