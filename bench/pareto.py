@@ -37,7 +37,9 @@ CANDIDATES = {  # name: (model, PBC test metrics)
 def main() -> None:
     from PIL import Image
 
+    from wbc.errors import WbcError
     from wbc.inference import Predictor, load_predictor
+    from wbc.modelio import resolve_model_path
     from wbc.preprocessing import prepare
     paths = _pbc_test_paths(256)
     images = [Image.open(p).convert("RGB") for p in paths]
@@ -51,7 +53,9 @@ def main() -> None:
         return 2 * len(arrays) / (time.perf_counter() - t)
 
     for name, (model, metrics) in CANDIDATES.items():
-        if model is not None and not any((ROOT / model / f).is_file() for f in ("model.safetensors", "model.onnx")):
+        try:
+            resolve_model_path(None if model is None else ROOT / model)
+        except WbcError:
             print(f"skipped {name}: no weights at {model} (run its step of scripts/results.sh)", file=sys.stderr)
             continue
         pred = Predictor(None if model is None else ROOT / model)

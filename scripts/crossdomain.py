@@ -120,6 +120,16 @@ def robust_models(work: Path) -> dict[str, Path]:
     return out
 
 
+def _on_disk(model: Path | None) -> bool:
+    from wbc.errors import WbcError
+    from wbc.modelio import resolve_model_path
+    try:
+        resolve_model_path(model)
+        return True
+    except WbcError:
+        return False
+
+
 def main() -> None:
     from wbc.evaluation import EvalConfig, evaluate
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,8 +165,7 @@ def main() -> None:
         if only is not None and model not in only:
             continue
         path = models[model]
-        weights = Path(path) / "model.safetensors" if path is not None and Path(path).is_dir() else path
-        if weights is not None and not Path(weights).exists():  # results/ keeps metrics, not weights
+        if not _on_disk(path):  # results/ keeps metrics, not weights
             print(f"{model:12s}: no model at {path} (run its results step first); kept the earlier result", flush=True)
             continue
         data, groups = tests[test]

@@ -16,14 +16,13 @@ from PIL import Image
 
 from wbc.data import discover
 from wbc.modelio import default_model_path, read_info
-from wbc.preprocessing import crop_on_wbc, nucleus_score
+from wbc.preprocessing import crop_on_wbc, stain_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def p99(path: Path, crop: float) -> float:
-    rgb = np.asarray(crop_on_wbc(Image.open(path).convert("RGB"), crop))[::2, ::2]  # as has_stain sees it
-    return float(np.percentile(nucleus_score(rgb), 99))
+    return float(np.percentile(stain_scores(np.asarray(crop_on_wbc(Image.open(path).convert("RGB"), crop))), 99))
 
 
 def main() -> None:

@@ -100,8 +100,9 @@ def _members(net: torch.nn.Module) -> list[torch.nn.Module]:
 
 def _mean_logits(parts: list[torch.nn.Module], x: torch.Tensor, precision: str = "auto") -> torch.Tensor:
     """Logits computed from the head inputs (as the head fit sees them), averaged over ``parts``."""
-    return torch.stack([penultimate(m, x, precision) @ _head(m).weight.detach().float().T
-                        + _head(m).bias.detach().float() for m in parts]).mean(0)
+    heads = [_head(m) for m in parts]
+    return torch.stack([penultimate(m, x, precision) @ h.weight.detach().float().T + h.bias.detach().float()
+                        for m, h in zip(parts, heads)]).mean(0)
 
 
 def _head(net: torch.nn.Module) -> torch.nn.Linear:

@@ -170,7 +170,7 @@ class Predictor:
 
     def logits_images(self, images: list[Image.Image]) -> np.ndarray:
         """Raw logits for PIL images (the model's preprocessing applied; an image with no stain at all gets
-        zero logits, :func:`wbc.ood.abstain_unstained`)."""
+        logits shifted to the energy of zero logits, :func:`wbc.ood.abstain_unstained`)."""
         if not images:
             return self.logits_arrays(np.zeros((0, self.info.preprocess.img_size, self.info.preprocess.img_size, 3),
                                                np.uint8))
@@ -193,7 +193,7 @@ class Predictor:
     def _stream(self, paths: Iterable[Path], probs: bool, *, skip_bad: bool, progress: bool,
                 bad: list[BadImageError] | None) -> Iterator[tuple[Path, np.ndarray]]:
         """Decode in a worker, classify in batches; yield probabilities (``probs``) or raw logits per image;
-        unstained images get zero logits (:func:`wbc.ood.abstain_unstained`)."""
+        unstained images get logits shifted to the energy of zero logits (:func:`wbc.ood.abstain_unstained`)."""
         paths = [Path(p) for p in paths]
         workers = 1 if len(paths) > 2 * self.batch_size else 0
         loader = DataLoader(_Files(paths, self.info), batch_size=self.batch_size, num_workers=workers,

@@ -103,15 +103,20 @@ def apply_photometric(rgb: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 MIN_STAIN = 30.0
 
 
+def stain_scores(rgb: np.ndarray) -> np.ndarray:
+    """:func:`nucleus_score` on a 2x-subsampled grid of an RGB image: what :func:`has_stain` looks at."""
+    return nucleus_score(np.asarray(rgb)[::2, ::2])
+
+
 def has_stain(rgb: np.ndarray) -> bool:
-    """Does an RGB image (before colour normalisation) hold any nucleus-like stain? At least 1 % of the
-    pixels of a 2x-subsampled grid with a nucleus score >= :data:`MIN_STAIN` (its 99th percentile).
+    """Does an RGB image (before colour normalisation) hold any nucleus-like stain? At least 1 % of
+    :func:`stain_scores` >= :data:`MIN_STAIN` (their 99th percentile).
 
     >>> has_stain(np.full((8, 8, 3), 128, np.uint8)), has_stain(np.tile(np.array([120, 60, 160], np.uint8), (8, 8, 1)))
     (False, True)
     """
-    a = np.asarray(rgb)[::2, ::2]
-    return bool(np.count_nonzero(nucleus_score(a) >= MIN_STAIN) >= 0.01 * a.shape[0] * a.shape[1])
+    s = stain_scores(rgb)
+    return bool(np.count_nonzero(s >= MIN_STAIN) >= 0.01 * s.size)
 
 
 def prepare_checked(img: Image.Image, config: PreprocessConfig) -> tuple[np.ndarray, bool]:

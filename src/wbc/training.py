@@ -151,10 +151,10 @@ def prepare_split(cfg: TrainConfig) -> tuple[list[ImageRecord], list[ImageRecord
     """Resolve the training and validation records (leakage-safe)."""
     if cfg.cap_each_source and not cfg.max_per_class:
         raise WbcError("--cap-each-source applies --max-per-class to each --data source: give --max-per-class too")
-    train, val, held_in_data, sources = [], [], [], []
-    for path in cfg.data:
+    train, val, held_in_data, source_of = [], [], [], {}
+    for i, path in enumerate(cfg.data):
         ds = discover(path, cfg.groups)
-        sources.append(ds.records)
+        source_of.update((r.path, i) for r in ds.records)
         train += training_records(ds)
         held_in_data += validation_records(ds) if ds.splits and "val" in ds.splits else []
     if cfg.val_data:
@@ -179,9 +179,8 @@ def prepare_split(cfg: TrainConfig) -> tuple[list[ImageRecord], list[ImageRecord
         if cfg.cap_each_source:
             # each --data source capped on its own: a source of augmented copies (Kaggle) does not crowd
             # out the unique images of another (PBC) within a shared class
-            source = {r.path: i for i in range(len(cfg.data)) for r in sources[i]}
             train = [r for i in range(len(cfg.data)) for r in
-                     _subsample([r for r in train if source.get(r.path, 0) == i], cfg.max_per_class, cfg.seed)]
+                     _subsample([r for r in train if source_of.get(r.path, 0) == i], cfg.max_per_class, cfg.seed)]
         else:
             train = _subsample(train, cfg.max_per_class, cfg.seed)
     return train, val
