@@ -26,10 +26,10 @@ CANDIDATES = {  # name: (model, PBC test metrics)
                                              "results/pbc/efficientnet_lite0/eval/metrics.json"),
     "risodkar-cnn 102 px (PBC only)": ("results/pbc/risodkar-cnn", "results/pbc/risodkar-cnn/eval/metrics.json"),
     "asghar-cnn 100 px (PBC only)": ("results/pbc/asghar-cnn", "results/pbc/asghar-cnn/eval/metrics.json"),
-    "member a: mobilenet_v2 160 px (PBC + Kaggle)": ("runs/default",
-                                                     "results/default/members-test/member-a-pbc/metrics.json"),
-    "member b: mobilenet_v2 160 px (PBC + Kaggle, --cap-each-source)": (
-        "runs/default-b", "results/default/members-test/member-b-pbc/metrics.json"),
+    "member a: mobilenet_v2 160 px (PBC + Kaggle, refit on train + val)": (
+        "runs/refit-a", "results/default/members-test/member-a-pbc/metrics.json"),
+    "member b: mobilenet_v2 160 px (PBC + Kaggle, --cap-each-source, refit on train + val)": (
+        "runs/refit-b", "results/default/members-test/member-b-pbc/metrics.json"),
     "bundled: ensemble of members a and b, torch path": (None, "results/default/pbc-test/metrics.json"),
 }
 

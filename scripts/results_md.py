@@ -76,9 +76,23 @@ def default_recipe() -> str:
             f"validation {c.get('monitor', 'val_loss')}, {runs['a']['result']['n_val']} validation images. Member a "
             f"caps training images at {c['max_per_class']} per class over both sources ({trained(runs['a'])}); "
             f"member b caps each source separately (`--cap-each-source`, so every PBC training image is used; "
-            f"{trained(runs['b'])}). Temperature {info.temperature:.2f} fitted on the ensemble's validation "
-            f"predictions. Data: {', '.join(c['data'])} (PBC train split plus Kaggle TRAIN, Kaggle classes mapped "
-            f"onto PBC names).")
+            f"{trained(runs['b'])}). Data: {', '.join(c['data'])} (PBC train split plus Kaggle TRAIN, Kaggle "
+            f"classes mapped onto PBC names)." + refit_text(info))
+
+
+def refit_text(info) -> str:
+    """The final fit of docs/decisions/0016, if the bundled model is it."""
+    refits = {m: load(RESULTS / "default" / f"refit-{m}" / "run.json") for m in ("a", "b")}
+    cal = info.training.get("calibration") or {}
+    if None in refits.values() or "copied_from" not in cal:
+        return f" Temperature {info.temperature:.2f} fitted on the ensemble's validation predictions."
+    r = {m: v["result"] for m, v in refits.items()}
+    return (f" Once chosen, both members were trained again with the same command on the train **and** val "
+            f"splits (`wbc train --refit`, docs/decisions/0016; last of {r['a']['epochs_run']} epochs kept): member a "
+            f"on {r['a']['n_train']} images ({r['a']['wall_seconds'] / 60:.0f} min), member b on {r['b']['n_train']} "
+            f"({r['b']['wall_seconds'] / 60:.0f} min). The bundled model is that refit; with no held-out data left, "
+            f"it carries the calibration of its validated twin (`wbc calibrate --from-model`): temperature "
+            f"{info.temperature:.2f}, review and unknown thresholds as fitted on the twin's validation predictions.")
 
 
 def group_line() -> str:
@@ -99,7 +113,8 @@ def choice_table() -> list[str]:
             return []
         both = sum(m["accuracy"] * m["n_images"] for m in ms) / sum(m["n_images"] for m in ms)
         rows.append(f"| {name} | {pct(ms[0]['accuracy'])} | {pct(ms[1]['accuracy'])} | {pct(both)} |")
-    return ["Chosen on the validation splits (torch backend), before any test figure was seen:", "", *rows, ""]
+    return ["Chosen on the validation splits (torch backend; members trained on the train splits only), before any "
+            "test figure was seen:", "", *rows, ""]
 
 
 def review_line() -> str:
@@ -169,6 +184,19 @@ def ensemble_transfer_section() -> list[str]:
             "models on Kaggle TRAIN's train split, Kaggle-only models on the PBC validation split (four classes); "
             "+ AdaBN = BatchNorm statistics from the target's other half. The rule fixed before the run (the pair "
             "beats seed 0 in both directions without AdaBN) was not met, so the pairs have no test rows.", "",
+            table.read_text().rstrip("\n") if table.is_file() else "_Not run yet._", ""]
+
+
+def selftrain_section() -> list[str]:
+    table = RESULTS / "selftrain-sweep" / "sweep.md"
+    return ["### Label-free self-training after AdaBN (validation only)", "",
+            "Command: `python scripts/selftrain_sweep.py` (part of `bash scripts/results.sh crossdomain`; "
+            "docs/decisions/0017). `wbc adapt --unlabelled --self-train N` (SHOT: the feature extractor learns from "
+            "the new lab's unlabelled cells, head frozen) against AdaBN alone, on the robust single-source models "
+            "above: PBC-only adapted on the Kaggle TRAIN val split's unlabelled images and scored on the Kaggle TRAIN "
+            "train split; Kaggle-only adapted on 2,000 unlabelled PBC train-split cells and scored on the PBC "
+            "validation split; balanced accuracy %, four shared classes. The rule fixed before the run: test rows "
+            "only if it beats AdaBN alone in both directions.", "",
             table.read_text().rstrip("\n") if table.is_file() else "_Not run yet._", ""]
 
 
@@ -328,6 +356,7 @@ def main() -> None:
     lines += robust_sweep_section()
     lines += crossdomain_section()
     lines += ensemble_transfer_section()
+    lines += selftrain_section()
     lines += adapt_section()
     lines += ood_section()
     lines += bccd_sections()

@@ -119,3 +119,34 @@ def test_adapt_needs_some_cells(tmp_path, capsys):
         Image.new("RGB", (64, 64), (200, 150, 200)).save(tmp_path / "few" / f"{i}.png")
     assert main(["-q", "adapt", "--unlabelled", str(tmp_path / "few"), "--out", str(tmp_path / "y")]) == 2
     assert "need at least 32" in capsys.readouterr().err
+
+
+def test_self_training_goes_beyond_batchnorm_without_labels(lab, tmp_path, capsys):
+    """--self-train (SHOT): the feature extractor learns from the lab's unlabelled cells, the heads stay."""
+    from wbc.adapt import centroid_pseudo_labels
+    unl = tmp_path / "unl"
+    unl.mkdir()
+    for i, f in enumerate(sorted((lab / "shots").rglob("*.png"))):
+        (unl / f"cell{i:03d}.png").write_bytes(f.read_bytes())
+    before = _accuracy(None, lab / "test")
+    assert main(["-q", "adapt", "--unlabelled", str(unl), "--self-train", "2", "--classes",
+                 ",".join(CLASSES), "--out", str(tmp_path / "st")]) == 0
+    after = _accuracy(tmp_path / "st" / "model.safetensors", lab / "test")
+    assert after >= before + 0.1, (before, after)
+    info = read_info(tmp_path / "st" / "model.safetensors")
+    st = info.training["adaptation"]["self_training"]
+    assert st["epochs"] == 2 and len(st["history"]) == 2 and len(st["classes"]) == 4
+    assert abs(sum(st["history"][0]["pseudo_label_share"].values()) - 1) < 1e-3
+    adapted, original = load_model(tmp_path / "st" / "model.safetensors")[0], load_model(None)[0]
+    for new, old in zip(adapted.members, original.members):
+        assert torch.equal(_head(new).weight, _head(old).weight)  # the classes keep their meaning
+        assert not torch.equal(new.features[0][0].weight, old.features[0][0].weight)  # the features learned
+    # pseudo-labels follow the feature clusters, not the (wrong) argmax of a shifted model
+    f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    p = torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    assert centroid_pseudo_labels(f, p).tolist() == [0, 0, 1, 1]
+    # without labels only, with an unknown class: one line, exit 2
+    assert main(["-q", "adapt", "--data", str(lab / "shots"), "--self-train", "1", "--out", str(tmp_path / "x")]) == 2
+    assert main(["-q", "adapt", "--unlabelled", str(unl), "--self-train", "1", "--classes", "neutrophil,smudge",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "--classes" in capsys.readouterr().err

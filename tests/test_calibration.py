@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -56,3 +57,32 @@ def test_bundled_model_ships_a_review_threshold():
     assert info.review_threshold is not None and 0.5 < info.review_threshold < 1
     cal = info.training["calibration"]
     assert json.dumps(cal) and cal["accuracy_kept"] >= cal["target_accuracy"]
+
+
+def test_calibration_is_copied_from_a_validated_twin(tmp_path, capsys):
+    """wbc calibrate --from-model: a --refit model takes over its twin's temperature and thresholds."""
+    from wbc.cli import main
+    from wbc.modelio import load_model, save_model
+    data = tiny_class_tree(tmp_path / "val", per_class=5)
+    other = tmp_path / "other.safetensors"  # the same network, calibrated differently
+    calibrate_model(None, [str(data)], other, split=None, target_accuracy=0.5, progress=False)
+    assert read_info(other).temperature != read_info(default_model_path()).temperature
+    out = tmp_path / "copied.safetensors"
+    assert main(["-q", "calibrate", "--model", str(other), "--from-model", str(default_model_path()),
+                 "--out", str(out)]) == 0
+    assert "copied from" in capsys.readouterr().out
+    src, new = read_info(default_model_path()), read_info(out)
+    assert (new.temperature, new.review_threshold, new.unknown_threshold) == (
+        src.temperature, src.review_threshold, src.unknown_threshold)
+    assert new.training["calibration"]["copied_from"] == str(default_model_path())
+    assert new.training["calibration"]["accuracy_kept"] == src.training["calibration"]["accuracy_kept"]
+    # a twin with other preprocessing is refused in one line; so is --data together with --from-model
+    net, info = load_model(other)
+    info.preprocess = dataclasses.replace(info.preprocess, img_size=info.preprocess.img_size + 32)
+    save_model(tmp_path / "bigger.safetensors", net, info)
+    assert main(["-q", "calibrate", "--model", str(other), "--from-model", str(tmp_path / "bigger.safetensors"),
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "preprocessing differs" in capsys.readouterr().err
+    assert main(["-q", "calibrate", "--model", str(other), "--from-model", str(default_model_path()),
+                 "--data", str(data), "--out", str(tmp_path / "y.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()

@@ -130,3 +130,19 @@ def test_cap_each_source_needs_a_cap_and_is_wired_to_the_cli(tmp_path):
                                       "--max-per-class", "5", "--cap-each-source", "--out", "o"])
     cfg = _train_config(args, args.arch, args.out)
     assert cfg.cap_each_source and cfg.max_per_class == 5
+
+
+def test_refit_trains_on_train_and_val_and_keeps_the_last_epoch(tree, tmp_path):
+    """--refit: the final fit after the recipe was chosen; the val split joins training, nothing is held out."""
+    files = sorted(tree.rglob("*.jpg")) + sorted(tree.rglob("*.png"))
+    man = tmp_path / "m.csv"
+    man.write_text("path,label,split\n" + "".join(
+        f"{f},{f.parent.name},{('val', 'test')[i % 2] if i % 5 == 0 else 'train'}\n" for i, f in enumerate(files)))
+    n_test = sum(1 for i in range(len(files)) if i % 10 == 5)
+    res = train(_cfg(man, tmp_path / "r", epochs=2, refit=True, monitor="val_accuracy"))
+    rows = list(csv.DictReader(open(tmp_path / "r" / "split.csv")))
+    assert {r["split"] for r in rows} == {"train"} and len(rows) == len(files) - n_test  # train + val, not test
+    assert res.n_val == 0 and res.best_epoch == res.epochs_run == 2  # the last epoch of the fixed schedule
+    assert res.temperature == 1.0  # nothing held out to fit it on (wbc calibrate --from-model carries one over)
+    with pytest.raises(WbcError, match="--refit"):
+        train(_cfg(man, tmp_path / "x", refit=True, val_data=[str(man)]))

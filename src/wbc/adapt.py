@@ -11,6 +11,11 @@ to minutes (docs/decisions/0008-few-shot-adaptation.md):
 3. **Temperature re-fitted** on shots held out from the head fit (2-fold cross-fitting), so the
    review threshold means the same on the new lab; the **unknown threshold** (wbc.ood) is re-fitted on
    the energies of the same held-out shots, since new BatchNorm statistics and head move every energy.
+
+With unlabelled images only, ``--self-train`` goes beyond AdaBN: source-free self-training in the
+manner of SHOT (Liang et al., ICML 2020) fine-tunes the feature extractor with the head frozen, on
+information maximisation (confident yet diverse predictions) plus cross-entropy on pseudo-labels from
+class centroids in feature space; BatchNorm statistics are re-estimated afterwards (docs/decisions/0017).
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ class AdaptConfig:
     lr: float = 0.01
     l2sp: float = 0.01  # pull towards the original head
     seed: int = 0
+    self_train: int = 0  # epochs of label-free self-training on the unlabelled images (0: AdaBN only)
+    self_train_lr: float = 1e-3  # SGD (momentum 0.9) learning rate of the feature extractor
+    self_train_beta: float = 0.3  # weight of the pseudo-label cross-entropy
+    classes: list[str] = field(default_factory=list)  # classes the lab's images can belong to (default: all)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -209,6 +218,10 @@ def adapt(cfg: AdaptConfig) -> dict:
     if not cfg.data and not cfg.unlabelled:
         raise WbcError("nothing to adapt to: give the lab's labelled cells (--data) and/or unlabelled ones "
                        "(--unlabelled)")
+    if cfg.self_train < 0:
+        raise WbcError(f"--self-train takes a number of epochs >= 0, got {cfg.self_train}")
+    if cfg.self_train and (cfg.data or not cfg.unlabelled):
+        raise WbcError("--self-train adapts without labels: give --unlabelled images and no --data")
     pre = info.preprocess
     g = torch.Generator().manual_seed(cfg.seed)
     net = net.to(memory_format=torch.channels_last)
@@ -318,15 +331,127 @@ def _adapt_unlabelled(cfg: AdaptConfig, path: Path, net: torch.nn.Module, info, 
     """Label-free adaptation: BatchNorm statistics of the lab's own images (AdaBN); the head and the
     temperature stay; the unknown threshold is re-fitted so that 95 % of the lab's images pass as known."""
     n_bn = reestimate_batchnorm(net, x, mix=cfg.bn_mix) if cfg.bn else 0
+    st = None
+    if cfg.self_train:
+        st = self_train(net, x, _class_indices(cfg.classes, info.classes), info.preprocess, epochs=cfg.self_train,
+                        lr=cfg.self_train_lr, beta=cfg.self_train_beta, seed=cfg.seed, progress=cfg.progress)
+        if cfg.bn:  # the statistics of the adapted features
+            reestimate_batchnorm(net, x, mix=cfg.bn_mix)
     logits = _mean_logits(_members(net), x)
     t_unknown = unknown_threshold(energy(logits.numpy())) if torch.isfinite(logits).all() else None
     summary = {"source_model": str(path), "data": [], "unlabelled": [str(d) for d in cfg.unlabelled],
                "unlabelled_images": len(x), "classes_given": [], "shots": 0, "per_class": {},
                "batchnorm_layers_reestimated": n_bn, "head_refit": False, "temperature_before": info.temperature,
                "temperature": info.temperature, "unknown_threshold_before": info.unknown_threshold,
-               "unknown_threshold": t_unknown,
+               "unknown_threshold": t_unknown, "self_training": st,
                "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
                "seconds": round(time.perf_counter() - t0, 1)}
     info.unknown_threshold = t_unknown
     _save(cfg, net, info, summary)
     return summary
+
+
+def _class_indices(names: list[str], classes: list[str]) -> list[int]:
+    """Indices of ``names`` (canonicalised) among the model's ``classes``; all of them if ``names`` is empty."""
+    if not names:
+        return list(range(len(classes)))
+    from .classes import canonical_label
+    idx = []
+    for n in names:
+        c = canonical_label(n)
+        if c not in classes:
+            raise WbcError(f"--classes: {n!r} is not a class of the model ({', '.join(classes)})")
+        idx.append(classes.index(c))
+    if len(set(idx)) < 2:
+        raise WbcError("--classes: give at least two different classes")
+    return sorted(set(idx))
+
+
+def _features_logits(parts: list[torch.nn.Module], x: torch.Tensor, keep: torch.Tensor,
+                     precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Head inputs (concatenated over an ensemble's members) and mean logits over the ``keep`` classes."""
+    feats, logits = [], []
+    for m in parts:
+        f = penultimate(m, x, precision)
+        h = _head(m)
+        feats.append(f)
+        logits.append(f @ h.weight.detach().float().T + h.bias.detach().float())
+    return torch.cat(feats, 1), torch.stack(logits).mean(0)[:, keep]
+
+
+def centroid_pseudo_labels(feats: torch.Tensor, probs: torch.Tensor, rounds: int = 2) -> torch.Tensor:
+    """SHOT's pseudo-labels: class centroids of the L2-normalised features weighted by the predicted
+    probabilities, then refined with hard assignments; every image gets its nearest centroid (cosine).
+
+    >>> f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> p = torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    >>> centroid_pseudo_labels(f, p).tolist()
+    [0, 0, 1, 1]
+    """
+    fn = F.normalize(feats.float(), dim=1)
+    weights = probs.float()
+    labels = weights.argmax(1)
+    for _ in range(rounds):
+        cent = F.normalize((weights.T @ fn) / weights.sum(0).clamp(min=1e-8)[:, None], dim=1)
+        labels = (fn @ cent.T).argmax(1)
+        weights = F.one_hot(labels, probs.shape[1]).float()
+    return labels
+
+
+def self_train(net: torch.nn.Module, x: torch.Tensor, keep: list[int], pre, *, epochs: int, lr: float = 1e-3,
+               beta: float = 0.3, batch_size: int = 64, seed: int = 0, precision: str = "auto",
+               progress: bool = True) -> dict:
+    """Label-free adaptation of ``net`` (in place) to the normalised images ``x``; returns a summary.
+
+    Every epoch: pseudo-labels from feature centroids (:func:`centroid_pseudo_labels`) on the
+    un-augmented images, then one pass over augmented copies minimising the mean prediction entropy
+    minus the entropy of the mean prediction (SHOT's information maximisation: each image confident,
+    the classes used evenly) plus ``beta`` times the cross-entropy on the pseudo-labels. Only the
+    feature extractor learns: the heads stay, so the classes keep their meaning; BatchNorm layers run
+    on their (re-estimated) statistics.
+    """
+    from .progress import progress as progress_bar
+    g = torch.Generator().manual_seed(seed)
+    parts = _members(net)
+    heads = {id(p) for m in parts for p in _head(m).parameters()}
+    params = [p for p in net.parameters() if id(p) not in heads]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    keep_t = torch.tensor(keep)
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    history = []
+    for epoch in range(epochs):
+        net.eval()
+        feats, logits = _features_logits(parts, x, keep_t, precision)
+        probs = F.softmax(logits, 1)
+        pseudo = centroid_pseudo_labels(feats, probs)
+        agree = float((pseudo == probs.argmax(1)).float().mean())
+        tot, seen = 0.0, 0
+        bar = progress_bar(total=len(x), desc=f"self-training {epoch + 1}/{epochs}", unit="img", enabled=progress)
+        for idx in torch.randperm(len(x), generator=g).split(batch_size):
+            if len(idx) < 2:
+                continue
+            xb = ((x[idx] * std + mean).clamp(0, 1)).contiguous(memory_format=torch.channels_last)
+            xb = normalise(augment(xb, PRESETS["standard"], g), pre.mean, pre.std)
+            with cpu.autocast(precision):
+                out = net(xb)
+            z = out.float()[:, keep_t]
+            p = F.softmax(z, 1)
+            ent = -(p * torch.log(p + 1e-6)).sum(1).mean()
+            pm = p.mean(0)
+            div = -(pm * torch.log(pm + 1e-6)).sum()
+            loss = ent - div + beta * F.cross_entropy(z, pseudo[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            bar.update(len(idx))
+        bar.close()
+        history.append({"epoch": epoch + 1, "loss": round(tot / max(seen, 1), 4),
+                        "pseudo_label_share": {int(c): round(float((pseudo == i).float().mean()), 4)
+                                               for i, c in enumerate(keep)},
+                        "pseudo_agrees_with_prediction": round(agree, 4)})
+        log.info("self-training epoch %d: %s", epoch + 1, history[-1])
+    net.eval()
+    return {"epochs": epochs, "lr": lr, "beta": beta, "classes": keep, "history": history}

@@ -77,13 +77,11 @@ def calibrate_model(model: str | Path | None, data: list[str], out: str | Path, 
         WbcError: a classical or ONNX model, unknown classes, no images in the split, or ``unknown_tpr``
             outside (0, 1).
     """
-    from safetensors import safe_open
-
     from .data import discover
     from .errors import WbcError
     from .evaluation import evaluation_records
     from .inference import Predictor
-    from .modelio import load_model, resolve_model_path, save_model
+    from .modelio import load_model, resolve_model_path
     from .ood import energy, unknown_threshold
 
     if not 0 < unknown_tpr < 1:
@@ -116,11 +114,54 @@ def calibrate_model(model: str | Path | None, data: list[str], out: str | Path, 
                "target_accuracy": target_accuracy, **coverage_at(conf, correct, thr),
                "unknown_threshold": t_unknown, "unknown_tpr": unknown_tpr}
     net, info = load_model(path)
+    _write_calibrated(path, net, info, (t_new, thr, t_unknown), summary, out)
+    return summary
+
+
+def _write_calibrated(path: Path, net, info, values: tuple, summary: dict, out: str | Path) -> None:
+    """Save ``net`` with (temperature, review threshold, unknown threshold) = ``values``, in the precision of
+    ``path`` (fp16 stays fp16), the summary recorded as the model's calibration."""
+    from safetensors import safe_open
+
+    from .modelio import save_model
     with safe_open(str(path), framework="pt") as fh:
         half = any(fh.get_slice(k).get_dtype() == "F16" for k in list(fh.keys())[:5])
-    info.temperature, info.review_threshold, info.unknown_threshold = t_new, thr, t_unknown
+    info.temperature, info.review_threshold, info.unknown_threshold = values
     info.training = {**info.training, "calibration": summary}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_model(out, net, info, half=half)
+
+
+def copy_calibration(model: str | Path, source: str | Path, out: str | Path) -> dict:
+    """Write ``model`` with the temperature, review and unknown thresholds of ``source``.
+
+    For a final refit (``wbc train --refit``) there is no held-out data left to calibrate on; its twin
+    trained with the same recipe and budget on the training split alone was calibrated on the validation
+    split, and its calibration is carried over (docs/decisions/0016). Both must share classes and
+    preprocessing. Weights are unchanged (fp16 stays fp16).
+
+    Raises:
+        WbcError: not neural ``.safetensors`` models, or different classes or preprocessing.
+    """
+    from .errors import WbcError
+    from .modelio import load_model, resolve_model_path
+
+    path, src_path = resolve_model_path(model), resolve_model_path(source)
+    for p in (path, src_path):
+        if p.suffix != ".safetensors":
+            raise WbcError(f"{p}: calibration is copied between neural .safetensors models")
+    net, info = load_model(path)
+    _, src = load_model(src_path)
+    if src.classes != info.classes:
+        raise WbcError(f"{src_path}: classes {src.classes} differ from {path}'s {info.classes}")
+    if src.preprocess.to_dict() != info.preprocess.to_dict():
+        raise WbcError(f"{src_path}: preprocessing differs from {path}'s; its calibration does not carry over")
+    if src.review_threshold is None and src.unknown_threshold is None and src.temperature == 1.0:
+        raise WbcError(f"{src_path}: is not calibrated (no temperature or thresholds); run `wbc calibrate` on it first")
+    # the twin's own calibration record (data, target accuracy, coverage on its validation cells) stays readable
+    summary = {**(src.training.get("calibration") or {}), "copied_from": str(src_path),
+               "temperature_before": info.temperature, "temperature": src.temperature,
+               "threshold": src.review_threshold, "unknown_threshold": src.unknown_threshold}
+    _write_calibrated(path, net, info, (src.temperature, src.review_threshold, src.unknown_threshold), summary, out)
     return summary

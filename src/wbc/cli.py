@@ -67,6 +67,10 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
     g.add_argument("--cap-each-source", action="store_true",
                    help="apply --max-per-class to each --data source on its own, so a big source does not crowd "
                         "another out of a shared class (default: one cap over all sources)")
+    g.add_argument("--refit", action="store_true",
+                   help="final fit once the recipe is chosen: train on the train and val splits together with no "
+                        "validation and keep the last epoch; no temperature is fitted (docs/decisions/0016) "
+                        "(default: off)")
     _add_input_checks(g)
     t = p.add_argument_group("Training")
     if arch_required:
@@ -106,7 +110,7 @@ def _train_config(args, arch: str, out: str):
         batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
         pretrained=not args.no_pretrained, class_weights=args.class_weights, patience=args.patience, monitor=args.monitor,
         precision=args.precision, max_per_class=args.max_per_class, cap_each_source=args.cap_each_source,
-        skip_bad=args.skip_bad,
+        refit=getattr(args, "refit", False), skip_bad=args.skip_bad,
         resume=getattr(args, "resume", False), augment=not args.no_augment, threads=args.threads,
         augment_preset=args.augment, label_smoothing=args.label_smoothing,
         preprocess=_preprocess_options(args), progress=not args.quiet)
@@ -312,7 +316,18 @@ def cmd_features(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibration import calibrate_model
+    from .calibration import calibrate_model, copy_calibration
+    if args.from_model:
+        if args.data:
+            raise WbcError("--from-model copies a calibration; --data fits one: give one of them")
+        s = copy_calibration(args.model, args.from_model, args.out)
+        thr = "none" if s["threshold"] is None else f"{s['threshold']:.3f}"
+        unk = "none" if s["unknown_threshold"] is None else f"{s['unknown_threshold']:.2f}"
+        print(f"temperature {s['temperature_before']:.3f} -> {s['temperature']:.3f}; review threshold {thr}, "
+              f"unknown below energy {unk}, copied from {s['copied_from']} -> {args.out}")
+        return 0
+    if not args.data:
+        raise WbcError("give labelled validation data with --data (or copy a calibration with --from-model)")
     s = calibrate_model(args.model, args.data, args.out, split=args.split or None, groups=args.groups,
                         target_accuracy=args.target_accuracy, refit_temperature=not args.keep_temperature,
                         unknown_tpr=args.unknown_tpr, progress=not args.quiet)
@@ -328,7 +343,8 @@ def cmd_adapt(args) -> int:
     s = adapt(AdaptConfig(data=args.data, out=args.out, model=args.model, unlabelled=args.unlabelled,
                           max_unlabelled=args.max_unlabelled, shots=args.shots or None, split=args.split,
                           groups=args.groups, bn=not args.no_batchnorm, bn_mix=args.bn_mix, head=not args.no_head, seed=args.seed,
-                          progress=not args.quiet))
+                          self_train=args.self_train, self_train_lr=args.self_train_lr,
+                          classes=[c for c in args.classes.split(",") if c.strip()], progress=not args.quiet))
     given = [f"{s['shots']} labelled cells ({', '.join(f'{k} {v}' for k, v in s['per_class'].items())})"] * bool(
         s["shots"]) + [f"{s['unlabelled_images']} unlabelled images"] * bool(s["unlabelled_images"])
     print(f"adapted on {' and '.join(given)}: "
@@ -507,7 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit temperature, the review and the unknown threshold on validation data")
     p.add_argument("--model", "-m", default=None, help="run folder or .safetensors model (default: the bundled model)")
-    p.add_argument("--data", action="append", required=True, help="labelled validation data; repeat to combine")
+    p.add_argument("--data", action="append", default=[], help="labelled validation data; repeat to combine")
+    p.add_argument("--from-model", default=None, help="copy the temperature and thresholds of this model instead "
+                   "of fitting them: the validated twin of a `wbc train --refit` model (docs/decisions/0016)")
     p.add_argument("--split", default="val", help="split of a manifest to use; '' for all images (default: val)")
     p.add_argument("--groups", default=None, help="CSV mapping images to groups (default: none)")
     p.add_argument("--target-accuracy", type=float, default=0.98,
@@ -538,6 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-mix", type=float, default=1.0, help="weight of the lab's BatchNorm statistics against the "
                    "original ones; lower keeps more of the original domain (default: 1)")
     p.add_argument("--no-head", action="store_true", help="keep the classifier head (default: re-fit)")
+    p.add_argument("--self-train", type=int, default=0, metavar="EPOCHS",
+                   help="with --unlabelled only: after the BatchNorm step, this many epochs of label-free "
+                        "self-training of the feature extractor (SHOT: confident, diverse predictions and "
+                        "feature-centroid pseudo-labels; docs/decisions/0017) (default: 0, BatchNorm only)")
+    p.add_argument("--self-train-lr", type=float, default=1e-3, help="SGD learning rate of --self-train "
+                   "(default: 0.001)")
+    p.add_argument("--classes", default="", help="comma-separated classes the lab's unlabelled images can belong "
+                   "to, for --self-train, e.g. neutrophil,eosinophil,lymphocyte,monocyte (default: all the model's)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.set_defaults(func=cmd_adapt)
 

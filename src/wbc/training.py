@@ -65,6 +65,7 @@ class TrainConfig:
     precision: str = "auto"
     max_per_class: int | None = None  # subsample the training set (reduced budgets)
     cap_each_source: bool = False  # apply max_per_class to each --data source separately
+    refit: bool = False  # final fit: train on the train and val splits together, no validation, keep the last epoch
     skip_bad: bool = False
     resume: bool = False
     augment: bool = True
@@ -151,13 +152,19 @@ def prepare_split(cfg: TrainConfig) -> tuple[list[ImageRecord], list[ImageRecord
     """Resolve the training and validation records (leakage-safe)."""
     if cfg.cap_each_source and not cfg.max_per_class:
         raise WbcError("--cap-each-source applies --max-per-class to each --data source: give --max-per-class too")
+    if cfg.refit and cfg.val_data:
+        raise WbcError("--refit trains on the validation data too: drop --val-data")
     train, val, held_in_data, source_of = [], [], [], {}
     for i, path in enumerate(cfg.data):
         ds = discover(path, cfg.groups)
         source_of.update((r.path, i) for r in ds.records)
         train += training_records(ds)
         held_in_data += validation_records(ds) if ds.splits and "val" in ds.splits else []
-    if cfg.val_data:
+    if cfg.refit:
+        # the final fit after a recipe and budget were chosen on validation: the held-in validation
+        # split joins the training data and nothing is held out (docs/decisions/0016)
+        train += held_in_data
+    elif cfg.val_data:
         for path in cfg.val_data:
             ds = discover(path, cfg.groups)
             val += validation_records(ds) or ds.records
