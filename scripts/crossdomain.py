@@ -121,19 +121,19 @@ def robust_models(work: Path) -> dict[str, Path]:
             adapt(AdaptConfig(data=[], unlabelled=[str(other_lab)], split="train", out=str(adapted), model=str(run),
                               max_unlabelled=2000, progress=False))
         out[f"{name}+adabn"] = adapted / "model.safetensors"
-        choice = ROOT / "results/selftrain-sweep/choice.json"
-        if choice.is_file() and json.loads(choice.read_text())["adopted"]:
+        choice_file = ROOT / "results/selftrain-sweep/choice.json"
+        choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {"adopted": False}
+        if choice["adopted"]:
             st = work / f"{name}+selftrain"
             if not (st / "model.safetensors").is_file():
-                man = _unlabelled(other_lab, "train", work / f"{name}-selftrain-unlabelled.csv")
+                man = unlabelled_manifest(other_lab, "train", work / f"{name}-selftrain-unlabelled.csv")
                 adapt(AdaptConfig(data=[], unlabelled=[str(man)], out=str(st), model=str(run), max_unlabelled=2000,
-                                  self_train=json.loads(choice.read_text())["epochs"], classes=list(KAGGLE4),
-                                  progress=False))
+                                  self_train=choice["epochs"], classes=list(KAGGLE4), progress=False))
             out[f"{name}+selftrain"] = st / "model.safetensors"
     return out
 
 
-def _unlabelled(manifest: Path, split: str, out: Path) -> Path:
+def unlabelled_manifest(manifest: Path, split: str, out: Path) -> Path:
     """Paths (no labels) of one split's images of the four shared classes: the other lab's unlabelled cells."""
     rows = [{"path": str((manifest.parent / r["path"]).resolve()), "label": "", "group": "", "split": ""}
             for r in csv.DictReader(manifest.open()) if r["split"] == split and r["label"] in KAGGLE4]

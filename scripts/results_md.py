@@ -175,29 +175,33 @@ def crossdomain_section() -> list[str]:
     return lines + [""]
 
 
+def table_section(title: str, table: Path, text: str) -> list[str]:
+    """A sub-section: its title, what it measured and how, then the Markdown table a script wrote."""
+    return [f"### {title}", "", text, "", table.read_text().rstrip("\n") if table.is_file() else "_Not run yet._", ""]
+
+
 def ensemble_transfer_section() -> list[str]:
-    table = RESULTS / "ensemble-transfer" / "transfer.md"
-    return ["### Seed variance and two-seed ensembles across labs (validation only)", "",
-            "Command: `python scripts/ensemble_transfer.py` (part of `bash scripts/results.sh crossdomain`). The "
-            "robust single-source models above (seed 0), their seed-1 twins (same recipe and budget) and the two as "
-            "one ensemble (`wbc ensemble`), scored with the validation protocol of the recipe sweep: PBC-only "
-            "models on Kaggle TRAIN's train split, Kaggle-only models on the PBC validation split (four classes); "
-            "+ AdaBN = BatchNorm statistics from the target's other half. The rule fixed before the run (the pair "
-            "beats seed 0 in both directions without AdaBN) was not met, so the pairs have no test rows.", "",
-            table.read_text().rstrip("\n") if table.is_file() else "_Not run yet._", ""]
+    return table_section(
+        "Seed variance and two-seed ensembles across labs (validation only)",
+        RESULTS / "ensemble-transfer" / "transfer.md",
+        "Command: `python scripts/ensemble_transfer.py` (part of `bash scripts/results.sh crossdomain`). The "
+        "robust single-source models above (seed 0), their seed-1 twins (same recipe and budget) and the two as "
+        "one ensemble (`wbc ensemble`), scored with the validation protocol of the recipe sweep: PBC-only "
+        "models on Kaggle TRAIN's train split, Kaggle-only models on the PBC validation split (four classes); "
+        "+ AdaBN = BatchNorm statistics from the target's other half. The rule fixed before the run (the pair "
+        "beats seed 0 in both directions without AdaBN) was not met, so the pairs have no test rows.")
 
 
 def selftrain_section() -> list[str]:
-    table = RESULTS / "selftrain-sweep" / "sweep.md"
-    return ["### Label-free self-training after AdaBN (validation only)", "",
-            "Command: `python scripts/selftrain_sweep.py` (part of `bash scripts/results.sh crossdomain`; "
-            "docs/decisions/0017). `wbc adapt --unlabelled --self-train N` (SHOT: the feature extractor learns from "
-            "the new lab's unlabelled cells, head frozen) against AdaBN alone, on the robust single-source models "
-            "above: PBC-only adapted on the Kaggle TRAIN val split's unlabelled images and scored on the Kaggle TRAIN "
-            "train split; Kaggle-only adapted on 2,000 unlabelled PBC train-split cells and scored on the PBC "
-            "validation split; balanced accuracy %, four shared classes. The rule fixed before the run: test rows "
-            "only if it beats AdaBN alone in both directions.", "",
-            table.read_text().rstrip("\n") if table.is_file() else "_Not run yet._", ""]
+    return table_section(
+        "Label-free self-training after AdaBN (validation only)", RESULTS / "selftrain-sweep" / "sweep.md",
+        "Command: `python scripts/selftrain_sweep.py` (part of `bash scripts/results.sh crossdomain`; "
+        "docs/decisions/0017). `wbc adapt --unlabelled --self-train N` (SHOT: the feature extractor learns from "
+        "the new lab's unlabelled cells, head frozen) against AdaBN alone, on the robust single-source models "
+        "above: PBC-only adapted on the Kaggle TRAIN val split's unlabelled images and scored on the Kaggle TRAIN "
+        "train split; Kaggle-only adapted on 2,000 unlabelled PBC train-split cells and scored on the PBC "
+        "validation split; balanced accuracy %, four shared classes. The rule fixed before the run: test rows "
+        "only if it beats AdaBN alone in both directions.")
 
 
 def adapt_section() -> list[str]:

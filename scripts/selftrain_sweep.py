@@ -19,7 +19,6 @@ in both directions; otherwise AdaBN stays the label-free method and the table sa
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -30,26 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from crossdomain import unlabelled_manifest  # noqa: E402
 from robust_sweep import KAGGLE, KAGGLE4, PBC, records, score  # noqa: E402
 
 from wbc.adapt import AdaptConfig, adapt  # noqa: E402
 from wbc.modelio import load_model  # noqa: E402
 
-SIDES = {  # side: (validation target, the lab's unlabelled images)
-    "pbc-only": (lambda: records(KAGGLE, "train"), lambda: records(KAGGLE, "val")),
-    "kaggle-only": (lambda: records(PBC, "val", KAGGLE4), lambda: records(PBC, "train", KAGGLE4)),
+SIDES = {  # side: (validation target, the lab's unlabelled images: manifest and split)
+    "pbc-only": (lambda: records(KAGGLE, "train"), (KAGGLE, "val")),
+    "kaggle-only": (lambda: records(PBC, "val", KAGGLE4), (PBC, "train")),
 }
 VARIANTS = {"adabn": 0, "self-train 2": 2, "self-train 4": 4}
-
-
-def unlabelled_manifest(recs, path: Path) -> Path:
-    """The images without their labels (adaptation must not see them)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path"])
-        w.writerows([[str(Path(r.path).resolve())] for r in recs])
-    return path
 
 
 def main() -> int:
@@ -64,7 +54,7 @@ def main() -> int:
         source = work / f"{side}-robust"
         if not (source / "run.json").is_file():
             raise SystemExit(f"{source}: run `bash scripts/results.sh crossdomain` first")
-        man = unlabelled_manifest(unlabelled(), work / "selftrain" / f"{side}-unlabelled.csv")
+        man = unlabelled_manifest(*unlabelled, work / "selftrain" / f"{side}-unlabelled.csv")
         for name, epochs in VARIANTS.items():
             run = work / "selftrain" / f"{side}__{name.replace(' ', '')}"
             if not (run / "adapt.json").is_file():

@@ -109,9 +109,18 @@ def _members(net: torch.nn.Module) -> list[torch.nn.Module]:
 
 def _mean_logits(parts: list[torch.nn.Module], x: torch.Tensor, precision: str = "auto") -> torch.Tensor:
     """Logits computed from the head inputs (as the head fit sees them), averaged over ``parts``."""
-    heads = [_head(m) for m in parts]
-    return torch.stack([penultimate(m, x, precision) @ h.weight.detach().float().T + h.bias.detach().float()
-                        for m, h in zip(parts, heads)]).mean(0)
+    return _features_logits(parts, x, precision)[1]
+
+
+def _features_logits(parts: list[torch.nn.Module], x: torch.Tensor,
+                     precision: str = "auto") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each part's head inputs and the logits they give, averaged over ``parts``."""
+    feats, logits = [], []
+    for m in parts:
+        f, h = penultimate(m, x, precision), _head(m)
+        feats.append(f)
+        logits.append(f @ h.weight.detach().float().T + h.bias.detach().float())
+    return feats, torch.stack(logits).mean(0)
 
 
 def _head(net: torch.nn.Module) -> torch.nn.Linear:
@@ -367,18 +376,6 @@ def _class_indices(names: list[str], classes: list[str]) -> list[int]:
     return sorted(set(idx))
 
 
-def _features_logits(parts: list[torch.nn.Module], x: torch.Tensor, keep: torch.Tensor,
-                     precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Head inputs (concatenated over an ensemble's members) and mean logits over the ``keep`` classes."""
-    feats, logits = [], []
-    for m in parts:
-        f = penultimate(m, x, precision)
-        h = _head(m)
-        feats.append(f)
-        logits.append(f @ h.weight.detach().float().T + h.bias.detach().float())
-    return torch.cat(feats, 1), torch.stack(logits).mean(0)[:, keep]
-
-
 def centroid_pseudo_labels(feats: torch.Tensor, probs: torch.Tensor, rounds: int = 2) -> torch.Tensor:
     """SHOT's pseudo-labels: class centroids of the L2-normalised features weighted by the predicted
     probabilities, then refined with hard assignments; every image gets its nearest centroid (cosine).
@@ -422,9 +419,9 @@ def self_train(net: torch.nn.Module, x: torch.Tensor, keep: list[int], pre, *, e
     history = []
     for epoch in range(epochs):
         net.eval()
-        feats, logits = _features_logits(parts, x, keep_t, precision)
-        probs = F.softmax(logits, 1)
-        pseudo = centroid_pseudo_labels(feats, probs)
+        feats, logits = _features_logits(parts, x, precision)  # an ensemble clusters its members' features joined
+        probs = F.softmax(logits[:, keep_t], 1)
+        pseudo = centroid_pseudo_labels(torch.cat(feats, 1), probs)
         agree = float((pseudo == probs.argmax(1)).float().mean())
         tot, seen = 0.0, 0
         bar = progress_bar(total=len(x), desc=f"self-training {epoch + 1}/{epochs}", unit="img", enabled=progress)

@@ -110,7 +110,7 @@ def _train_config(args, arch: str, out: str):
         batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
         pretrained=not args.no_pretrained, class_weights=args.class_weights, patience=args.patience, monitor=args.monitor,
         precision=args.precision, max_per_class=args.max_per_class, cap_each_source=args.cap_each_source,
-        refit=getattr(args, "refit", False), skip_bad=args.skip_bad,
+        refit=args.refit, skip_bad=args.skip_bad,
         resume=getattr(args, "resume", False), augment=not args.no_augment, threads=args.threads,
         augment_preset=args.augment, label_smoothing=args.label_smoothing,
         preprocess=_preprocess_options(args), progress=not args.quiet)
