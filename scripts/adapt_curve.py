@@ -6,8 +6,14 @@ The PBC-only MobileNetV2 of the robust recipe (runs/crossdomain/pbc-only-robust,
 scripts/crossdomain.py; `--source` for another) is adapted with cells drawn from Kaggle TRAIN
 (one per source cell first; `data/splits/kaggle.csv` split train) and tested on Kaggle TEST, whose
 source cells are disjoint from TRAIN, and on the PBC test split (what it knew). Variants: BatchNorm
-re-estimation + head (the default), BatchNorm half-way + head, head only, BatchNorm only, three seeds
-(different shots) each; and label-free: BatchNorm statistics of 2,000 unlabelled Kaggle TRAIN images.
+re-estimation + head re-fit, + head re-fit only when it wins on held-out shots (`--head auto`),
+BatchNorm half-way + head, head only, BatchNorm only, three seeds (different shots) each; and
+label-free: BatchNorm statistics of 2,000 unlabelled Kaggle TRAIN images.
+
+    python scripts/adapt_curve.py --eval-split val --out results/adapt-val   # the same on the val splits
+
+The val run is where the default of `wbc adapt --head` was chosen (docs/decisions/0008); the test run
+reports it once.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT.parent / "shared" / "data" / "blood-cells" / "provenance" / "dataset2_source_map.csv"
 SOURCE = ROOT / "runs" / "crossdomain" / "pbc-only-robust"
-VARIANTS = {"bn+head": (True, True, 1.0), "bn 50/50 + head": (True, True, 0.5), "head only": (False, True, 1.0),
-            "bn only": (True, False, 1.0)}
+# name: (re-estimate BatchNorm, head mode, BatchNorm mix, shot counts)
+ALL = (5, 10, 20)
+VARIANTS = {"bn+head": (True, "refit", 1.0, ALL), "bn+auto head": (True, "auto", 1.0, ALL),
+            "bn 50/50 + head": (True, "refit", 0.5, (20,)), "head only": (False, "refit", 1.0, (20,)),
+            "bn only": (True, "keep", 1.0, ALL)}
 
 
 def main() -> None:
@@ -34,6 +43,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "runs" / "adapt"), help="adapted models (default: runs/adapt)")
     ap.add_argument("--seeds", type=int, default=3, help="(default: 3)")
     ap.add_argument("--source", default=str(SOURCE), help="the model adapted (default: %(default)s)")
+    ap.add_argument("--eval-split", choices=("test", "val"), default="test",
+                    help="score on the Kaggle and PBC test splits, or on their val splits (default: test)")
     a = ap.parse_args()
     out, work, source = Path(a.out), Path(a.work), str(Path(a.source).resolve())
     if not Path(source).exists():
@@ -42,16 +53,17 @@ def main() -> None:
 
     def score(model: str, tag: str) -> dict:
         k = evaluate(EvalConfig(data=str(ROOT / "data/splits/kaggle.csv"), groups=str(MAP), model=model,
-                                out=str(work / tag / "eval-kaggle"), n_boot=200, progress=False))
-        p = evaluate(EvalConfig(data=str(ROOT / "data/splits/pbc.csv"), model=model, out=str(work / tag / "eval-pbc"),
-                                n_boot=200, progress=False))
+                                split=a.eval_split, out=str(work / tag / f"eval-kaggle-{a.eval_split}"), n_boot=200,
+                                progress=False))
+        p = evaluate(EvalConfig(data=str(ROOT / "data/splits/pbc.csv"), model=model, split=a.eval_split,
+                                out=str(work / tag / f"eval-pbc-{a.eval_split}"), n_boot=200, progress=False))
         return {"kaggle_test_accuracy": k["accuracy"], "kaggle_test_balanced": k["balanced_accuracy"],
                 "pbc_test_accuracy": p["accuracy"]}
 
     done = {}
     if (out / "adapt.json").is_file():  # resume: keep the finished rows of the same source model
         prev = json.loads((out / "adapt.json").read_text())
-        if prev["source_model"] == shown:
+        if prev["source_model"] == shown and prev.get("eval_split", "test") == a.eval_split:
             done = {(r["variant"], r["shots"]): r for r in prev["rows"]}
     rows = [done.get(("before", 0)) or {"variant": "before", "shots": 0, "seeds": 1, **score(source, "before")}]
     print(rows[-1], flush=True)
@@ -63,10 +75,8 @@ def main() -> None:
         rows.append({"variant": "bn, unlabelled", "shots": 0, "seeds": 1,
                      **score(str(work / "bn-unlabelled"), "bn-unlabelled")})
     print(rows[-1], flush=True)
-    for name, (bn, head, mix) in VARIANTS.items():
-        for shots in (5, 10, 20):
-            if name != "bn+head" and shots != 20:
-                continue  # the ablations at 20 cells per class only
+    for name, (bn, head, mix, counts) in VARIANTS.items():
+        for shots in counts:
             if (name, shots) in done:
                 rows.append(done[(name, shots)])
                 continue
@@ -83,8 +93,23 @@ def main() -> None:
                 row[key], row[key + "_sd"] = float(vals.mean()), float(vals.std())
             rows.append(row)
             print(row, flush=True)
-            write_json(out / "adapt.json", {"source_model": shown, "rows": rows})
-    write_json(out / "adapt.json", {"source_model": shown, "rows": rows})
+            write_json(out / "adapt.json", {"source_model": shown, "eval_split": a.eval_split, "rows": rows})
+    write_json(out / "adapt.json", {"source_model": shown, "eval_split": a.eval_split, "rows": rows})
+    if a.eval_split == "val":
+        write_json(out / "choice.json", head_choice(rows))
+
+
+def head_choice(rows: list[dict]) -> dict:
+    """The rule fixed before the val run: `--head auto` becomes the default if, at every shot count, its
+    mean Kaggle-val balanced accuracy is at least that of re-fitting always, and so is its PBC-val accuracy."""
+    get = {(r["variant"], r["shots"]): r for r in rows}
+    per = {n: {"kaggle_balanced": (get[("bn+auto head", n)]["kaggle_test_balanced"],
+                                   get[("bn+head", n)]["kaggle_test_balanced"]),
+               "pbc": (get[("bn+auto head", n)]["pbc_test_accuracy"], get[("bn+head", n)]["pbc_test_accuracy"])}
+           for n in ALL}
+    adopted = all(auto >= refit for d in per.values() for auto, refit in d.values())
+    return {"rule": head_choice.__doc__.split(": ", 1)[1].replace("\n    ", " "), "auto_vs_refit": per,
+            "adopted": adopted, "default": "auto" if adopted else "refit"}
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ crossdomain)  # train on one source, test on the other (needs the pbc and kaggle
   .venv/bin/python scripts/crossdomain.py --out $OUT/crossdomain --only pbc-only-robust+selftrain,kaggle-only-robust+selftrain
   ;;
 adapt)  # few-shot adaptation of the robust PBC-only model (crossdomain step) to Kaggle/BCCD (5, 10, 20 cells per class)
+  .venv/bin/python scripts/adapt_curve.py --eval-split val --out $OUT/adapt-val   # where --head's default was chosen
   .venv/bin/python scripts/adapt_curve.py --out $OUT/adapt
   ;;
 ood)  # out-of-distribution images (red cells, platelets, background, non-microscopy): the unknown verdict

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from conftest import PBC, need_shared
-from wbc.adapt import AdaptConfig, _head, adapt, pick_shots
+from wbc.adapt import AdaptConfig, _head, adapt, head_mode, pick_shots, restricted_accuracy
+from wbc.errors import WbcError
 from wbc.cli import main
 from wbc.data import ImageRecord
 from wbc.inference import Predictor
@@ -64,7 +65,7 @@ def _accuracy(model, folder) -> float:
 
 def test_adaptation_recovers_accuracy_on_a_shifted_lab(lab, tmp_path):
     before = _accuracy(None, lab / "test")
-    s = adapt(AdaptConfig(data=[str(lab / "shots")], out=str(tmp_path / "a"), shots=8, progress=False))
+    s = adapt(AdaptConfig(data=[str(lab / "shots")], out=str(tmp_path / "a"), shots=8, head="refit", progress=False))
     after = _accuracy(tmp_path / "a" / "model.safetensors", lab / "test")
     assert after >= before + 0.15, (before, after)
     assert s["shots"] == 32 and s["batchnorm_layers_reestimated"] > 10
@@ -80,6 +81,31 @@ def test_adaptation_recovers_accuracy_on_a_shifted_lab(lab, tmp_path):
     assert len(adapted.members) == 2
     for new, old in zip(adapted.members, original.members):
         assert not torch.equal(_head(new).weight, _head(old).weight)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_auto_head_follows_the_held_out_shots(lab, tmp_path, bn):
+    """--head auto re-fits the head only when re-fitted heads beat the kept one on shots they did not see."""
+    s = adapt(AdaptConfig(data=[str(lab / "shots")], out=str(tmp_path / "a"), shots=8, bn=bn, head="auto",
+                          progress=False))
+    c = s["head_choice"]
+    assert c["mode"] == "auto" and 0 <= c["accuracy_kept"] <= 1 and 0 <= c["crossfit_accuracy_refit"] <= 1
+    assert s["head_refit"] == (c["crossfit_accuracy_refit"] > c["accuracy_kept"])
+    adapted, original = load_model(tmp_path / "a" / "model.safetensors")[0], load_model(None)[0]
+    same = [torch.equal(_head(new).weight, _head(old).weight) for new, old in zip(adapted.members, original.members)]
+    assert same == [not s["head_refit"]] * 2
+    if not bn:  # the shifted lab's features under the old statistics: the old head is poor, a new one wins
+        assert s["head_refit"] and c["crossfit_accuracy_refit"] >= c["accuracy_kept"] + 0.1, c
+
+
+def test_restricted_accuracy_and_head_modes():
+    logits = torch.tensor([[5.0, 1.0, 0.0], [5.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([1, 2, 1])
+    assert restricted_accuracy(logits, y, [0, 1, 2]) == pytest.approx(1 / 3)
+    assert restricted_accuracy(logits, y, [1, 2]) == pytest.approx(1.0)  # class 0 was not labelled
+    assert head_mode(True) == "refit" and head_mode(False) == "keep" and head_mode("auto") == "auto"
+    with pytest.raises(WbcError, match="--head"):
+        head_mode("sometimes")
 
 
 def test_cli_adapt_and_bad_class(lab, tmp_path, capsys):

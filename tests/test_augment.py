@@ -84,3 +84,16 @@ def test_cli_augment_choices_are_the_presets():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     choices = next(a.choices for a in train._actions if "--augment" in a.option_strings)
     assert sorted(choices) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_model_input_equals_normalise_of_to_float(channels_last):
+    """The inference hot path's one-pass conversion gives the training path's tensor, in the asked layout."""
+    from wbc.augment import model_input, normalise, to_float
+
+    u8 = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (5, 24, 24, 3), dtype=np.uint8))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = model_input(u8, mean, std, channels_last=channels_last)
+    torch.testing.assert_close(x, normalise(to_float(u8), mean, std), atol=1e-5, rtol=0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert x.dtype == torch.float32 and x.shape == (5, 3, 24, 24) and x.is_contiguous(memory_format=fmt)

@@ -7,7 +7,9 @@ to minutes (docs/decisions/0008-few-shot-adaptation.md):
    camera shift the activations' means and variances; the learned filters stay.
 2. **Classifier head re-fitted** on frozen penultimate features of augmented copies of the shots,
    with an L2 pull towards the original head (L2-SP, Li et al. 2018) so classes the lab did not
-   label keep their rows and the model keeps what it knew.
+   label keep their rows and the model keeps what it knew. ``head="auto"`` re-fits only when the
+   re-fitted heads classify shots they did not see better than the kept head (measured on
+   validation: it keeps more of the original domain but adapts less; not the default).
 3. **Temperature re-fitted** on shots held out from the head fit (2-fold cross-fitting), so the
    review threshold means the same on the new lab; the **unknown threshold** (wbc.ood) is re-fitted on
    the energies of the same held-out shots, since new BatchNorm statistics and head move every energy.
@@ -61,7 +63,7 @@ class AdaptConfig:
     groups: str | None = None
     bn: bool = True  # re-estimate BatchNorm statistics on the lab's images
     bn_mix: float = 1.0  # weight of the lab's statistics against the original ones
-    head: bool = True  # re-fit the classifier head
+    head: str = "refit"  # classifier head: "refit", "keep", or "auto" (re-fit if that wins on held-out shots)
     views: int = 8  # augmented copies of every shot
     steps: int = 300  # head optimisation steps (full batch)
     lr: float = 0.01
@@ -213,6 +215,24 @@ def fit_head(feats: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: torch.T
     return w, b
 
 
+HEAD_MODES = ("auto", "refit", "keep")
+
+
+def head_mode(head: str | bool) -> str:
+    """``cfg.head`` as one of :data:`HEAD_MODES` (``True``/``False`` mean "refit"/"keep")."""
+    if isinstance(head, bool):
+        return "refit" if head else "keep"
+    if head not in HEAD_MODES:
+        raise WbcError(f"--head takes one of {', '.join(HEAD_MODES)}, got {head!r}")
+    return head
+
+
+def restricted_accuracy(logits: torch.Tensor, y: torch.Tensor, classes: list[int]) -> float:
+    """Top-1 accuracy of ``logits`` among ``classes`` only (the classes the lab labelled)."""
+    idx = torch.tensor(classes)
+    return float((idx[logits[:, idx].argmax(1)] == y).float().mean())
+
+
 def adapt(cfg: AdaptConfig) -> dict:
     """Adapt ``cfg.model`` to the labelled cells of ``cfg.data``; write ``out/model.safetensors`` and ``adapt.json``.
 
@@ -227,6 +247,7 @@ def adapt(cfg: AdaptConfig) -> dict:
     if not cfg.data and not cfg.unlabelled:
         raise WbcError("nothing to adapt to: give the lab's labelled cells (--data) and/or unlabelled ones "
                        "(--unlabelled)")
+    mode = head_mode(cfg.head)
     if cfg.self_train < 0:
         raise WbcError(f"--self-train takes a number of epochs >= 0, got {cfg.self_train}")
     if cfg.self_train and (cfg.data or not cfg.unlabelled):
@@ -260,10 +281,14 @@ def adapt(cfg: AdaptConfig) -> dict:
     start = [(h.weight.detach().float().clone(), h.bias.detach().float().clone()) for h in heads]
     feats = [penultimate(m, x) for m in parts]
     t_new = info.temperature
-    if cfg.head:
-        # 2-fold cross-fitting: the temperature is fitted on shots the head did not see
+    kept_logits = torch.stack([f[: len(y)] @ w0.T + b0 for f, (w0, b0) in zip(feats, start)]).mean(0)
+    choice = {"mode": mode}
+    refit = mode != "keep"
+    if refit:
+        # 2-fold cross-fitting: every unaugmented shot is scored by heads that did not see it; the
+        # temperature is fitted on those logits, and "auto" compares them with the original head's
         fold = (torch.arange(len(y)) % 2).repeat(cfg.views)
-        logits_out, labels_out = [], []
+        order, logits_out = [], []
         for k in (0, 1):
             tr = fold != k
             te = torch.nonzero(fold[: len(y)] == k).squeeze(1)
@@ -272,17 +297,24 @@ def adapt(cfg: AdaptConfig) -> dict:
                 w, b = fit_head(f[tr], yv[tr], w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
                 member_logits.append(f[te] @ w.T + b)
             logits_out.append(torch.stack(member_logits).mean(0))
-            labels_out.append(y[te])
-        held_out = torch.cat(logits_out)  # every unaugmented shot, scored by heads that did not see it
+            order.append(te)
+        held_out = torch.empty_like(kept_logits)
+        held_out[torch.cat(order)] = torch.cat(logits_out)
+        given = sorted(set(y.tolist()))
+        choice["crossfit_accuracy_refit"] = restricted_accuracy(held_out, y, given)
+        choice["accuracy_kept"] = restricted_accuracy(kept_logits, y, given)
+        if mode == "auto":
+            refit = choice["crossfit_accuracy_refit"] > choice["accuracy_kept"]
+    if refit:
         if len(y) >= 4:
-            t_new = fit_temperature(held_out, torch.cat(labels_out))
+            t_new = fit_temperature(held_out, y)
         for head, f, (w0, b0) in zip(heads, feats, start):
             w, b = fit_head(f, yv, w0, b0, steps=cfg.steps, lr=cfg.lr, l2sp=cfg.l2sp)
             with torch.no_grad():
                 head.weight.copy_(w)
                 head.bias.copy_(b)
     else:
-        held_out = _mean_logits(parts, x[: len(y)])
+        held_out = kept_logits
         if len(y) >= 4:
             t_new = fit_temperature(held_out, y)
     # 95 % of the lab's own cells pass as known; with fewer than 4 shots there is nothing to fit it on
@@ -292,7 +324,7 @@ def adapt(cfg: AdaptConfig) -> dict:
                "unlabelled_images": 0 if x_unl is None else len(x_unl), "classes_given": sorted(set(
         r.label for r in shots)), "shots": len(shots), "per_class": {c: int((y == i).sum()) for i, c in
                                                                    enumerate(info.classes) if (y == i).any()},
-        "batchnorm_layers_reestimated": n_bn, "head_refit": cfg.head, "temperature_before": info.temperature,
+        "batchnorm_layers_reestimated": n_bn, "head_refit": refit, "head_choice": choice, "temperature_before": info.temperature,
         "temperature": t_new, "unknown_threshold_before": info.unknown_threshold, "unknown_threshold": t_unknown,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "seconds": round(time.perf_counter() - t0, 1)}

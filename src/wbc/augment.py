@@ -118,6 +118,19 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
 
+def model_input(batch_u8: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:
+    """``normalise(to_float(batch_u8))`` in one conversion and two in-place passes (the inference hot path).
+
+    (B, H, W, 3) uint8 -> (B, 3, H, W) float, ``(x / 255 - mean) / std`` as ``x * a + b``; channels_last
+    memory for the torch path, plain NCHW (what ONNX Runtime takes) otherwise.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = batch_u8.permute(0, 3, 1, 2).contiguous(memory_format=fmt).float()
+    a = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
+    b = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+    return x.mul_(a).add_(b)
+
+
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Random dihedral transform, small affine and colour jitter on a (B, 3, H, W) batch in [0, 1]."""
     b = x.shape[0]

@@ -338,18 +338,27 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _head_why(s: dict) -> str:
+    """Why wbc adapt kept or re-fitted the head (the held-out shot accuracies of --head auto)."""
+    c = s.get("head_choice", {})
+    if c.get("mode") != "auto":
+        return ""
+    return (f" (held-out shots: {100 * c['crossfit_accuracy_refit']:.0f} % re-fitted vs "
+            f"{100 * c['accuracy_kept']:.0f} % kept)")
+
+
 def cmd_adapt(args) -> int:
     from .adapt import AdaptConfig, adapt
     s = adapt(AdaptConfig(data=args.data, out=args.out, model=args.model, unlabelled=args.unlabelled,
                           max_unlabelled=args.max_unlabelled, shots=args.shots or None, split=args.split,
-                          groups=args.groups, bn=not args.no_batchnorm, bn_mix=args.bn_mix, head=not args.no_head, seed=args.seed,
+                          groups=args.groups, bn=not args.no_batchnorm, bn_mix=args.bn_mix, head="keep" if args.no_head else args.head, seed=args.seed,
                           self_train=args.self_train, self_train_lr=args.self_train_lr,
                           classes=[c for c in args.classes.split(",") if c.strip()], progress=not args.quiet))
     given = [f"{s['shots']} labelled cells ({', '.join(f'{k} {v}' for k, v in s['per_class'].items())})"] * bool(
         s["shots"]) + [f"{s['unlabelled_images']} unlabelled images"] * bool(s["unlabelled_images"])
     print(f"adapted on {' and '.join(given)}: "
           f"{s['batchnorm_layers_reestimated']} BatchNorm layers re-estimated, head "
-          f"{'re-fitted' if s['head_refit'] else 'kept'}, temperature {s['temperature_before']:.2f} -> "
+          f"{'re-fitted' if s['head_refit'] else 'kept'}{_head_why(s)}, temperature {s['temperature_before']:.2f} -> "
           f"{s['temperature']:.2f}, unknown below energy "
           f"{'(not fitted: < 4 cells)' if s['unknown_threshold'] is None else format(s['unknown_threshold'], '.2f')}, "
           f"{s['seconds']:.0f} s -> {Path(args.out) / 'model.safetensors'}")
@@ -555,7 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batchnorm", action="store_true", help="keep the BatchNorm statistics (default: re-estimate)")
     p.add_argument("--bn-mix", type=float, default=1.0, help="weight of the lab's BatchNorm statistics against the "
                    "original ones; lower keeps more of the original domain (default: 1)")
-    p.add_argument("--no-head", action="store_true", help="keep the classifier head (default: re-fit)")
+    p.add_argument("--head", choices=("refit", "keep", "auto"), default="refit",
+                   help="classifier head: re-fit it on the shots, keep it, or auto = re-fit only if re-fitted "
+                        "heads classify shots they did not see (2-fold cross-fitting) better than the kept one; "
+                        "auto keeps more of the original domain and adapts less (docs/decisions/0008) "
+                        "(default: refit)")
+    p.add_argument("--no-head", action="store_true", help="same as --head keep")
     p.add_argument("--self-train", type=int, default=0, metavar="EPOCHS",
                    help="with --unlabelled only: after the BatchNorm step, this many epochs of label-free "
                         "self-training of the feature extractor (SHOT: confident, diverse predictions and "
