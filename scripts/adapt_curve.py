@@ -99,16 +99,19 @@ def main() -> None:
         write_json(out / "choice.json", head_choice(rows))
 
 
+RULE = ("`--head auto` becomes the default if, at every shot count, its mean Kaggle-val balanced accuracy is at "
+        "least that of re-fitting always, and so is its PBC-val accuracy.")
+
+
 def head_choice(rows: list[dict]) -> dict:
-    """The rule fixed before the val run: `--head auto` becomes the default if, at every shot count, its
-    mean Kaggle-val balanced accuracy is at least that of re-fitting always, and so is its PBC-val accuracy."""
+    """The decision of :data:`RULE` (fixed before the val run) from the val rows."""
     get = {(r["variant"], r["shots"]): r for r in rows}
     per = {n: {"kaggle_balanced": (get[("bn+auto head", n)]["kaggle_test_balanced"],
                                    get[("bn+head", n)]["kaggle_test_balanced"]),
                "pbc": (get[("bn+auto head", n)]["pbc_test_accuracy"], get[("bn+head", n)]["pbc_test_accuracy"])}
            for n in ALL}
     adopted = all(auto >= refit for d in per.values() for auto, refit in d.values())
-    return {"rule": head_choice.__doc__.split(": ", 1)[1].replace("\n    ", " "), "auto_vs_refit": per,
+    return {"rule": RULE, "auto_vs_refit": per,
             "adopted": adopted, "default": "auto" if adopted else "refit"}
 
 

@@ -16,19 +16,16 @@ directions with AdaBN off, the pairs get rows on the test sets in scripts/crossd
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from crossdomain import ROBUST  # noqa: E402
-from robust_sweep import KAGGLE, KAGGLE4, MAP, PBC, records, score  # noqa: E402
+from robust_sweep import KAGGLE, KAGGLE4, MAP, PBC, records, score, sweep_dirs  # noqa: E402
 
 from wbc.modelio import combine_models, load_model  # noqa: E402
 from wbc.training import TrainConfig, train  # noqa: E402
@@ -56,12 +53,7 @@ def pair(side: str, work: Path) -> dict[str, Path]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "results/ensemble-transfer"))
-    ap.add_argument("--work", default=str(ROOT / "runs/crossdomain"))
-    a = ap.parse_args()
-    out, work = Path(a.out), Path(a.work)
-    torch.set_num_threads(2)
+    out, work = sweep_dirs(__doc__.split("\n")[0], "results/ensemble-transfer")
     rows = []
     for side, (_, _, target, bn) in SIDES.items():
         for name, path in pair(side, work).items():

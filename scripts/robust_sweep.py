@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from wbc.adapt import reestimate_batchnorm  # noqa: E402
-from wbc.augment import normalise, to_float  # noqa: E402
+from wbc.augment import model_input  # noqa: E402
 from wbc.data import discover  # noqa: E402
 from wbc.imageset import decode_images  # noqa: E402
 from wbc.modelio import load_model  # noqa: E402
@@ -59,6 +59,17 @@ BUDGET = dict(arch="mobilenet_v2", img_size=128, epochs=4, lr=3e-4, schedule="on
               patience=4, seed=0)
 
 
+def sweep_dirs(description: str, out: str) -> tuple[Path, Path]:
+    """``--out`` (default ``out`` under the repo) and ``--work`` (default runs/crossdomain) of a validation
+    sweep on the cross-domain models; torch on 2 threads."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=str(ROOT / out))
+    ap.add_argument("--work", default=str(ROOT / "runs/crossdomain"))
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    return Path(a.out), Path(a.work)
+
+
 def records(manifest: Path, split: str, classes=None):
     recs = discover(str(manifest), str(MAP) if manifest == KAGGLE else None).split(split).records
     return [r for r in recs if classes is None or r.label in classes]
@@ -71,7 +82,7 @@ def score(net, info, recs, bn_recs=None) -> dict:
     net = copy.deepcopy(net).to(memory_format=torch.channels_last)
     if bn_recs is not None:
         xb, _ = decode_images(bn_recs, pre, progress=False)
-        reestimate_batchnorm(net, normalise(to_float(torch.from_numpy(xb)), pre.mean, pre.std))
+        reestimate_batchnorm(net, model_input(torch.from_numpy(xb), pre.mean, pre.std))
     logits = predict_logits(net, torch.from_numpy(x), pre).numpy()
     present = sorted({r.label for r in recs})
     cols = [info.classes.index(c) for c in present]

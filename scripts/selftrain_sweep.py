@@ -18,19 +18,16 @@ in both directions; otherwise AdaBN stays the label-free method and the table sa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from crossdomain import unlabelled_manifest  # noqa: E402
-from robust_sweep import KAGGLE, KAGGLE4, PBC, records, score  # noqa: E402
+from robust_sweep import KAGGLE, KAGGLE4, PBC, records, score, sweep_dirs  # noqa: E402
 
 from wbc.adapt import AdaptConfig, adapt  # noqa: E402
 from wbc.modelio import load_model  # noqa: E402
@@ -43,12 +40,7 @@ VARIANTS = {"adabn": 0, "self-train 2": 2, "self-train 4": 4}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "results/selftrain-sweep"))
-    ap.add_argument("--work", default=str(ROOT / "runs/crossdomain"))
-    a = ap.parse_args()
-    out, work = Path(a.out), Path(a.work)
-    torch.set_num_threads(2)
+    out, work = sweep_dirs(__doc__.split("\n")[0], "results/selftrain-sweep")
     rows = []
     for side, (target, unlabelled) in SIDES.items():
         source = work / f"{side}-robust"

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu
-from .augment import PRESETS, augment, normalise, to_float
+from .augment import PRESETS, augment, model_input, normalise, to_float
 from .calibration import fit_temperature
 from .data import ImageRecord, discover
 from .errors import WbcError
@@ -279,9 +279,9 @@ def adapt(cfg: AdaptConfig) -> dict:
     parts = _members(net)
     heads = [_head(m) for m in parts]
     start = [(h.weight.detach().float().clone(), h.bias.detach().float().clone()) for h in heads]
-    feats = [penultimate(m, x) for m in parts]
+    feats, logits = _features_logits(parts, x)
+    kept_logits = logits[: len(y)]  # the unaugmented shots under the original heads
     t_new = info.temperature
-    kept_logits = torch.stack([f[: len(y)] @ w0.T + b0 for f, (w0, b0) in zip(feats, start)]).mean(0)
     choice = {"mode": mode}
     refit = mode != "keep"
     if refit:
@@ -365,7 +365,7 @@ def _unlabelled_images(cfg: AdaptConfig, pre) -> torch.Tensor | None:
     if len(x_u8) < MIN_UNLABELLED:
         raise WbcError(f"{len(x_u8)} readable unlabelled images in {', '.join(cfg.unlabelled)}: need at least "
                        f"{MIN_UNLABELLED} to estimate BatchNorm statistics")
-    return normalise(to_float(torch.from_numpy(x_u8)), pre.mean, pre.std)
+    return model_input(torch.from_numpy(x_u8), pre.mean, pre.std)
 
 
 def _adapt_unlabelled(cfg: AdaptConfig, path: Path, net: torch.nn.Module, info, x: torch.Tensor, t0: float) -> dict:

@@ -76,7 +76,7 @@ def export_onnx_int8(net, info, out: Path, calibration: list[str | Path], max_im
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from .augment import normalise, to_float
+    from .augment import model_input
     from .data import discover, image_files, load_image
     from .errors import BadImageError
     from .preprocessing import prepare
@@ -98,8 +98,8 @@ def export_onnx_int8(net, info, out: Path, calibration: list[str | Path], max_im
             continue
     if len(arrays) < 16:
         raise WbcError(f"onnx-int8: only {len(arrays)} readable calibration images; give at least 16")
-    x = normalise(to_float(torch.from_numpy(np.stack(arrays))), info.preprocess.mean, info.preprocess.std)
-    x = x.contiguous().numpy()
+    x = model_input(torch.from_numpy(np.stack(arrays)), info.preprocess.mean, info.preprocess.std,
+                    channels_last=False).numpy()
 
     class Reader(CalibrationDataReader):
         def __init__(self):

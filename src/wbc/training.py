@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .progress import progress as progress_bar
 
 from . import cpu
-from .augment import PRESETS, augment, normalise, to_float
+from .augment import PRESETS, augment, model_input, normalise, to_float
 from .calibration import fit_temperature
 from .classes import PBC_CLASSES
 from .data import Dataset, ImageRecord, discover
@@ -206,7 +206,7 @@ def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, pre: Preproc
     model.eval()
     out = []
     for idx in _batches(len(images_u8), batch_size, None):
-        x = normalise(to_float(images_u8[idx]), pre.mean, pre.std)
+        x = model_input(images_u8[idx], pre.mean, pre.std)
         with cpu.autocast(precision):
             out.append(model(x).float())
     return torch.cat(out) if out else torch.empty(0, 0)
