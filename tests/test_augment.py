@@ -86,14 +86,19 @@ def test_cli_augment_choices_are_the_presets():
     assert sorted(choices) == sorted(PRESETS)
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_model_input_equals_normalise_of_to_float(channels_last):
-    """The inference hot path's one-pass conversion gives the training path's tensor, in the asked layout."""
-    from wbc.augment import model_input, normalise, to_float
+def test_model_input_and_onnx_input_equal_normalise_of_to_float():
+    """The hot paths' one-pass conversions give the training path's tensor: channels_last torch for the
+    torch path, plain NCHW NumPy (no torch op) for ONNX Runtime."""
+    from wbc.augment import model_input, normalise, onnx_input, to_float
 
-    u8 = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (5, 24, 24, 3), dtype=np.uint8))
+    u8 = np.random.default_rng(3).integers(0, 256, (5, 24, 24, 3), dtype=np.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    x = model_input(u8, mean, std, channels_last=channels_last)
-    torch.testing.assert_close(x, normalise(to_float(u8), mean, std), atol=1e-5, rtol=0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    assert x.dtype == torch.float32 and x.shape == (5, 3, 24, 24) and x.is_contiguous(memory_format=fmt)
+    ref = normalise(to_float(torch.from_numpy(u8)), mean, std)
+    x = model_input(torch.from_numpy(u8), mean, std)
+    torch.testing.assert_close(x, ref, atol=1e-5, rtol=0)
+    assert x.dtype == torch.float32 and x.shape == (5, 3, 24, 24)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    y = onnx_input(u8, mean, std)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.flags.c_contiguous
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(y, x.contiguous().numpy(), atol=1e-6, rtol=0)  # both paths feed a network the same numbers

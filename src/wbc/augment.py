@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -118,17 +119,34 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
 
-def model_input(batch_u8: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:
-    """``normalise(to_float(batch_u8))`` in one conversion and two in-place passes (the inference hot path).
+def _input_affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """``(x / 255 - mean) / std`` as ``x * a + b``: the per-channel ``a`` and ``b``, shape (3,)."""
+    std = np.asarray(std, np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-np.asarray(mean, np.float64) / std).astype(np.float32)
 
-    (B, H, W, 3) uint8 -> (B, 3, H, W) float, ``(x / 255 - mean) / std`` as ``x * a + b``; channels_last
-    memory for the torch path, plain NCHW (what ONNX Runtime takes) otherwise.
+
+def model_input(batch_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """``normalise(to_float(batch_u8))`` in one conversion and two in-place passes (the torch hot path).
+
+    (B, H, W, 3) uint8 -> (B, 3, H, W) float in channels_last memory.
     """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = batch_u8.permute(0, 3, 1, 2).contiguous(memory_format=fmt).float()
-    a = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-    b = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+    a, b = (torch.from_numpy(v).view(1, 3, 1, 1) for v in _input_affine(mean, std))
+    x = batch_u8.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).float()
     return x.mul_(a).add_(b)
+
+
+def onnx_input(batch_u8: np.ndarray, mean, std) -> np.ndarray:
+    """The same input as :func:`model_input`, as a plain NCHW float32 array for ONNX Runtime, in NumPy.
+
+    No torch op runs here on purpose: after a parallel torch op its OpenMP workers keep spinning and took
+    a core from ONNX Runtime's own threads on the 2-core benchmark machine (393 against 500 cells/s for
+    the int8 model, median of 8 interleaved runs; docs/decisions/0009).
+    """
+    a, b = _input_affine(mean, std)
+    x = np.ascontiguousarray(np.asarray(batch_u8).transpose(0, 3, 1, 2)).astype(np.float32)
+    x *= a.reshape(1, 3, 1, 1)
+    x += b.reshape(1, 3, 1, 1)
+    return x
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -73,10 +73,9 @@ def export_onnx_int8(net, info, out: Path, calibration: list[str | Path], max_im
     import tempfile
 
     import numpy as np
-    import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from .augment import model_input
+    from .augment import onnx_input
     from .data import discover, image_files, load_image
     from .errors import BadImageError
     from .preprocessing import prepare
@@ -98,8 +97,7 @@ def export_onnx_int8(net, info, out: Path, calibration: list[str | Path], max_im
             continue
     if len(arrays) < 16:
         raise WbcError(f"onnx-int8: only {len(arrays)} readable calibration images; give at least 16")
-    x = model_input(torch.from_numpy(np.stack(arrays)), info.preprocess.mean, info.preprocess.std,
-                    channels_last=False).numpy()
+    x = onnx_input(np.stack(arrays), info.preprocess.mean, info.preprocess.std)
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset as TorchDataset
 from .progress import progress as progress_bar
 
 from . import cpu
-from .augment import model_input
+from .augment import model_input, onnx_input
 from .data import load_image
 from .errors import BadImageError, WbcError
 from .modelio import ModelInfo, default_int8_path, load_model, resolve_model_path
@@ -155,11 +155,11 @@ class Predictor:
         out = []
         pre = self.info.preprocess
         for i in range(0, len(arrays), self.batch_size):
-            x = model_input(torch.from_numpy(np.ascontiguousarray(arrays[i:i + self.batch_size])), pre.mean, pre.std,
-                            channels_last=self.net is not None)
+            chunk = arrays[i:i + self.batch_size]
             if self.net is None:
-                out.append(self.session.run(None, {"input": x.numpy()})[0])
+                out.append(self.session.run(None, {"input": onnx_input(chunk, pre.mean, pre.std)})[0])
                 continue
+            x = model_input(torch.from_numpy(np.ascontiguousarray(chunk)), pre.mean, pre.std)
             with cpu.autocast(self.precision):
                 out.append(self.net(x).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
