@@ -138,9 +138,9 @@ def model_input(batch_u8: torch.Tensor, mean, std) -> torch.Tensor:
 def onnx_input(batch_u8: np.ndarray, mean, std) -> np.ndarray:
     """The same input as :func:`model_input`, as a plain NCHW float32 array for ONNX Runtime, in NumPy.
 
-    No torch op runs here on purpose: after a parallel torch op its OpenMP workers keep spinning and took
-    a core from ONNX Runtime's own threads on the 2-core benchmark machine (393 against 500 cells/s for
-    the int8 model, median of 8 interleaved runs; docs/decisions/0009).
+    No torch op runs here on purpose: after a parallel torch op its OpenMP workers keep spinning and take
+    a core from ONNX Runtime's own threads (1.17x the int8 throughput on 2 cores without it;
+    ``python bench/ort_threads.py``, docs/decisions/0009).
     """
     a, b = _input_affine(mean, std)
     x = np.ascontiguousarray(np.asarray(batch_u8).transpose(0, 3, 1, 2)).astype(np.float32)

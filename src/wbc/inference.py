@@ -103,6 +103,9 @@ def onnx_session(model: str | Path | None, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: the quantised graph's harmless "unused initializer" notes stay quiet
+    # Idle ONNX Runtime threads sleep instead of spinning: spinning ones take a core from the decoding workers
+    # and from `wbc count`'s detection between batches (`python bench/ort_threads.py`, docs/decisions/0009).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return session, ModelInfo.from_json(meta["wbc"])
 
@@ -148,6 +151,9 @@ class Predictor:
         self.classes = list(self.info.classes)
         self.precision = cpu.resolve(precision)
         self.batch_size = batch_size
+        # decoding + WBC-centring + colour normalisation processes for file input: 2 beat 1 on 2 cores
+        # (docs/decisions/0009); more cores get more, up to 4
+        self.workers = max(1, min(4, n_threads))
 
     @torch.inference_mode()
     def logits_arrays(self, arrays: np.ndarray) -> np.ndarray:
@@ -195,7 +201,7 @@ class Predictor:
         """Decode in a worker, classify in batches; yield probabilities (``probs``) or raw logits per image;
         unstained images get logits shifted to the energy of zero logits (:func:`wbc.ood.abstain_unstained`)."""
         paths = [Path(p) for p in paths]
-        workers = 1 if len(paths) > 2 * self.batch_size else 0
+        workers = self.workers if len(paths) > 2 * self.batch_size else 0
         loader = DataLoader(_Files(paths, self.info), batch_size=self.batch_size, num_workers=workers,
                             collate_fn=_collate, prefetch_factor=4 if workers else None)
         bar = progress_bar(total=len(paths), desc="predicting", unit="img", enabled=progress)
