@@ -139,8 +139,7 @@ def onnx_input(batch_u8: np.ndarray, mean, std) -> np.ndarray:
     """The same input as :func:`model_input`, as a plain NCHW float32 array for ONNX Runtime, in NumPy.
 
     No torch op runs here on purpose: after a parallel torch op its OpenMP workers keep spinning and take
-    a core from ONNX Runtime's own threads (1.17x the int8 throughput on 2 cores without it;
-    ``python bench/ort_threads.py``, docs/decisions/0009).
+    a core from ONNX Runtime's own threads (docs/benchmarks.md, "What feeds ONNX Runtime"; docs/decisions/0009).
     """
     a, b = _input_affine(mean, std)
     x = np.ascontiguousarray(np.asarray(batch_u8).transpose(0, 3, 1, 2)).astype(np.float32)

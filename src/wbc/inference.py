@@ -1,8 +1,9 @@
 """Batched prediction with any trained model, streaming over files.
 
-Decoding runs in a worker process (torch ``DataLoader``) while the model runs in the
-main process, channels_last, under bf16 autocast where the CPU supports it. Memory does
-not grow with the number of images: results are yielded batch by batch.
+Decoding and preprocessing run in worker processes (torch ``DataLoader``) while the model runs
+in the main process: ONNX Runtime (the bundled model's int8 graph), or torch channels_last under
+bf16 autocast where the CPU supports it. Memory does not grow with the number of images: results
+are yielded batch by batch.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ class Predictor:
 
     def _stream(self, paths: Iterable[Path], probs: bool, *, skip_bad: bool, progress: bool,
                 bad: list[BadImageError] | None) -> Iterator[tuple[Path, np.ndarray]]:
-        """Decode in a worker, classify in batches; yield probabilities (``probs``) or raw logits per image;
+        """Decode in worker processes, classify in batches; yield probabilities (``probs``) or raw logits per image;
         unstained images get logits shifted to the energy of zero logits (:func:`wbc.ood.abstain_unstained`)."""
         paths = [Path(p) for p in paths]
         workers = self.workers if len(paths) > 2 * self.batch_size else 0
