@@ -3,7 +3,7 @@
     python bench/run_all.py [--quick] [--only model,files,profile,ort,count,rss,coldstart,classical,train]
                             [--train-minutes 12] [--out docs/benchmarks.md]
 
-Full run ~25 min on 2 cores (training to 97 % dominates); --quick takes about a minute and writes
+Full run ~40 min on 2 cores (training to 97 % dominates); --quick takes about a minute and writes
 to bench/quick.md instead (its figures are not for quoting). Nothing else should run meanwhile.
 """
 
@@ -277,7 +277,7 @@ def render(r: dict, quick: bool) -> str:
     m = r["machine"]
     L = ["# Benchmarks", "",
          ("**Quick smoke run: figures not for quoting.**" if quick else
-          "Written by `python bench/run_all.py` (one command, ~25 min); every figure is measured in the same run "
+          "Written by `python bench/run_all.py` (one command, ~40 min); every figure is measured in the same run "
           "as its baseline."), "",
          f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, CPU flags {', '.join(m['flags']) or 'none'}, "
          f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}, load average at start "
@@ -392,7 +392,6 @@ def main() -> None:
     r: dict = {}
     if a.only != ap.get_default("only") and out.with_suffix(".json").is_file():  # a subset refreshes its sections
         r = json.loads(out.with_suffix(".json").read_text())
-    r["machine"] = machine_info()
     steps = [("model", lambda: bench_model(64 if q else 512, 1 if q else 3)),
              ("files", lambda: bench_predict_files(128 if q else 1000)),
              ("profile", lambda: bench_profile(64)),
@@ -402,6 +401,8 @@ def main() -> None:
              ("coldstart", lambda: bench_coldstart(1 if q else 3)),
              ("classical", lambda: bench_classical_pipeline(q)),
              ("train", lambda: bench_train(0.5 if q else a.train_minutes, q))]
+    if any(name in only for name, _ in steps) or "machine" not in r:  # a re-render alone keeps the run's
+        r["machine"] = machine_info()
     for name, fn in steps:
         if name in only:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
