@@ -23,6 +23,8 @@ Models:
 * ``…+selftrain``: AdaBN followed by label-free self-training (`wbc adapt --unlabelled --self-train`, SHOT) on
   the same unlabelled images (the four shared classes of the PBC train split), with the epochs chosen on
   validation by scripts/selftrain_sweep.py; only when its rule adopted it (results/selftrain-sweep/choice.json);
+* ``…-robust-mixstyle``: the robust models trained with MixStyle as well (``--mixstyle 0.5``), only when
+  scripts/robust_sweep.py's rule adopted it on validation (results/robust-sweep/mixstyle-choice.json);
 * ``default``: the bundled model (it trained on both sources; only BCCD fields it never saw count).
 Test sets a model trained on are skipped.
 """
@@ -109,6 +111,11 @@ def robust_models(work: Path) -> dict[str, Path]:
     plan = {"pbc-only-robust": ([str(ROOT / "data/splits/pbc.csv")], {}, ROOT / "data/splits/kaggle.csv"),
             "kaggle-only-robust": ([str(ROOT / "data/splits/kaggle.csv")], {"groups": str(MAP), "max_per_class": 1000},
                                    ROOT / "data/splits/pbc.csv")}
+    ms_file = ROOT / "results/robust-sweep/mixstyle-choice.json"
+    ms = json.loads(ms_file.read_text()) if ms_file.is_file() else {"adopted": False}
+    if ms["adopted"]:  # the same models with MixStyle, adopted on validation by scripts/robust_sweep.py
+        plan.update({f"{name}-mixstyle": (data, {**extra, "mixstyle": ms["mixstyle"]}, lab)
+                     for name, (data, extra, lab) in list(plan.items())})
     out = {}
     for name, (data, extra, other_lab) in plan.items():
         run = work / name
@@ -123,7 +130,7 @@ def robust_models(work: Path) -> dict[str, Path]:
         out[f"{name}+adabn"] = adapted / "model.safetensors"
         choice_file = ROOT / "results/selftrain-sweep/choice.json"
         choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {"adopted": False}
-        if choice["adopted"]:
+        if choice["adopted"] and not name.endswith("-mixstyle"):
             st = work / f"{name}+selftrain"
             if not (st / "model.safetensors").is_file():
                 man = unlabelled_manifest(other_lab, "train", work / f"{name}-selftrain-unlabelled.csv")
@@ -139,6 +146,15 @@ def unlabelled_manifest(manifest: Path, split: str, out: Path) -> Path:
             for r in csv.DictReader(manifest.open()) if r["split"] == split and r["label"] in KAGGLE4]
     _write(out, rows)
     return out
+
+
+def robust_rows(variant: str) -> list[tuple[str, str]]:
+    """(model, test set) pairs of the robust single-source models of one recipe variant and their AdaBN
+    adaptations: each on the other lab's tests (BCCD fields it never saw, once adapted)."""
+    p, k = f"pbc-only-robust{variant}", f"kaggle-only-robust{variant}"
+    return [(p, "kaggle-test"), (p, "kaggle-test-simple"), (p, "bccd-fields"),
+            (f"{p}+adabn", "kaggle-test"), (f"{p}+adabn", "kaggle-test-simple"), (f"{p}+adabn", "bccd-fields-unseen"),
+            (k, "pbc-test-4"), (k, "bccd-fields-unseen"), (f"{k}+adabn", "pbc-test-4")]
 
 
 def _on_disk(model: Path | None) -> bool:
@@ -171,14 +187,10 @@ def main() -> None:
     plan = [("pbc-only", "kaggle-test"), ("pbc-only", "kaggle-test-simple"), ("pbc-only", "bccd-fields"),
             ("kaggle-only", "pbc-test-4"),
             ("kaggle-only", "bccd-fields-unseen"),
-            ("pbc-only-robust", "kaggle-test"), ("pbc-only-robust", "kaggle-test-simple"),
-            ("pbc-only-robust", "bccd-fields"),
-            ("pbc-only-robust+adabn", "kaggle-test"), ("pbc-only-robust+adabn", "kaggle-test-simple"),
-            ("pbc-only-robust+adabn", "bccd-fields-unseen"),
-            ("kaggle-only-robust", "pbc-test-4"), ("kaggle-only-robust", "bccd-fields-unseen"),
-            ("kaggle-only-robust+adabn", "pbc-test-4"),
+            *robust_rows(""),
             ("pbc-only-robust+selftrain", "kaggle-test"), ("pbc-only-robust+selftrain", "kaggle-test-simple"),
             ("pbc-only-robust+selftrain", "bccd-fields-unseen"), ("kaggle-only-robust+selftrain", "pbc-test-4"),
+            *robust_rows("-mixstyle"),
             ("default", "kaggle-test-simple"), ("default", "bccd-fields-unseen")]
     unknown = (only or set()) - {m for m, _ in plan}
     if unknown:

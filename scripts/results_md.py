@@ -142,9 +142,20 @@ def robust_sweep_section() -> list[str]:
              "228 source-cell groups) and the PBC validation split (4 shared classes) — never a test split. Balanced "
              "accuracy %, predictions restricted to the four shared classes; '+ AdaBN' = BatchNorm statistics "
              "re-estimated on unlabelled images of the target lab (the Kaggle val split / the PBC train split, not "
-             "the images scored). In-domain columns: accuracy on the model's own validation split.", ""]
+             "the images scored). In-domain columns: accuracy on the model's own validation split. "
+             "robust+reinhard+mixstyle adds MixStyle (`wbc train --mixstyle 0.5`: the channel statistics of early "
+             "feature maps mixed between the images of a batch, in training only).", ""]
     table = RESULTS / "robust-sweep" / "sweep.md"
-    return lines + [table.read_text() if table.is_file() else "_Not run yet._", ""]
+    lines += [table.read_text() if table.is_file() else "_Not run yet._", ""]
+    choice = RESULTS / "robust-sweep" / "mixstyle-choice.json"
+    if choice.is_file():
+        c = load(choice)
+        lines += [f"MixStyle rule, fixed before its Kaggle-only model was scored: {c['rule']}. "
+                  f"**{'Adopted' if c['adopted'] else 'Not adopted'}** (mean {pct(c['cross_domain_mean']['mixstyle'])} "
+                  f"against {pct(c['cross_domain_mean']['robust+reinhard'])} %, PBC val "
+                  f"{pct(c['pbc_val_accuracy']['mixstyle'])} against {pct(c['pbc_val_accuracy']['robust+reinhard'])} %).",
+                  ""]
+    return lines
 
 
 def crossdomain_section() -> list[str]:
@@ -152,7 +163,7 @@ def crossdomain_section() -> list[str]:
              "Command: `bash scripts/results.sh crossdomain` (`scripts/crossdomain.py`). pbc-only / kaggle-only = "
              "the MobileNetV2s of the PBC and honest Kaggle tables (standard recipe); …-robust = the same budget "
              "(128 px, 6 epochs) with the recipe chosen above (docs/decisions/0014: `robust` augmentation, Reinhard "
-             "colour normalisation); …+adabn = those adapted without labels (`wbc adapt --unlabelled`: BatchNorm "
+             "colour normalisation); …-robust-mixstyle = the same with MixStyle (adopted on validation above); …+adabn = those adapted without labels (`wbc adapt --unlabelled`: BatchNorm "
              "statistics of 2,000 unlabelled images of the other lab's *training* data, never of the images "
              "tested); default = the bundled model. Predictions restricted to the test set's classes. kaggle-test-simple = "
              "Kaggle's TEST_SIMPLE, the 71 un-augmented TEST source images (one per source cell, each rescaled by the "

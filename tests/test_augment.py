@@ -102,3 +102,46 @@ def test_model_input_and_onnx_input_equal_normalise_of_to_float():
     assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.flags.c_contiguous
     np.testing.assert_allclose(y, ref.numpy(), atol=1e-5, rtol=0)
     np.testing.assert_allclose(y, x.contiguous().numpy(), atol=1e-6, rtol=0)  # both paths feed a network the same numbers
+
+
+def test_mixstyle_mixes_feature_statistics_in_training_only():
+    """MixStyle hooks give each image the statistics mixed with another image's, in training mode only,
+    keep each image's normalised content, are seeded, and come off without a trace."""
+    from wbc.augment import mixstyle, style_stages
+    from wbc.models.registry import get_spec
+
+    net = get_spec("mobilenet_v2").build(num_classes=4, pretrained=False)
+    stage = style_stages(net)[0]
+    after = list(net.features)[list(net.features).index(stage) + 1]
+    seen = []  # what the block after the first style stage receives
+    after.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
+    x = torch.rand(6, 3, 64, 64)
+    x[:3] *= 0.3  # two "styles": dark and bright images
+    net.train()
+    net(x)
+    plain = seen.pop()
+    handles = mixstyle(net, 1.0, torch.Generator().manual_seed(0))
+    net(x)
+    mixed = seen.pop()
+    stats = lambda t: (t.mean(dim=(2, 3)), t.std(dim=(2, 3)))  # noqa: E731
+    (mu0, sd0), (mu1, sd1) = stats(plain), stats(mixed)
+    assert not torch.allclose(mu0, mu1, atol=1e-3)  # statistics changed ...
+    z0 = (plain - mu0[..., None, None]) / sd0[..., None, None]
+    z1 = (mixed - mu1[..., None, None]) / sd1[..., None, None]
+    torch.testing.assert_close(z0, z1, atol=2e-3, rtol=0)  # ... the normalised content did not
+    # seeded: the same generator seed mixes the same way
+    for h in handles:
+        h.remove()
+    handles = mixstyle(net, 1.0, torch.Generator().manual_seed(0))
+    net(x)
+    torch.testing.assert_close(seen.pop(), mixed)
+    net.eval()  # inference: no mixing
+    net(x)
+    eval_with = seen.pop()
+    for h in handles:
+        h.remove()
+    net(x)
+    torch.testing.assert_close(seen.pop(), eval_with)
+    net.train()
+    net(x)  # removed: training forward is plain again (BatchNorm in train mode: same batch, same output)
+    torch.testing.assert_close(seen.pop(), plain)

@@ -146,3 +146,19 @@ def test_refit_trains_on_train_and_val_and_keeps_the_last_epoch(tree, tmp_path):
     assert res.temperature == 1.0  # nothing held out to fit it on (wbc calibrate --from-model carries one over)
     with pytest.raises(WbcError, match="--refit"):
         train(_cfg(man, tmp_path / "x", refit=True, val_data=[str(man)]))
+
+
+def test_mixstyle_changes_training_not_the_saved_network(tree, tmp_path):
+    """--mixstyle trains the same architecture (nothing added to the saved model) along another path; an
+    architecture without known stages is a clear error."""
+    train(_cfg(tree, tmp_path / "plain", epochs=1, precision="fp32"))
+    train(_cfg(tree, tmp_path / "mix", epochs=1, precision="fp32", mixstyle=1.0))
+    a, _ = load_model(tmp_path / "plain")
+    b, info = load_model(tmp_path / "mix")
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert info.training["config"]["mixstyle"] == 1.0
+    assert not b._forward_hooks and all(not m._forward_hooks for m in b.modules())
+    with pytest.raises(WbcError, match="--mixstyle: MixStyle does not know the stages of Inception3"):
+        train(_cfg(tree, tmp_path / "inc", arch="inception_v3", pretrained=False, mixstyle=0.5, img_size=75))
+    assert not (tmp_path / "inc").exists()  # refused before anything was written

@@ -188,3 +188,39 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
     if cfg.noise:
         x = (x + torch.randn(x.shape, generator=generator) * (u(b, 1, 1, 1) * cfg.noise)).clamp_(0, 1)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def style_stages(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The early stages after which :func:`mixstyle` mixes feature statistics: the blocks at 1/6, 1/3 and
+    1/2 of a ``features``/``blocks`` stack (MobileNet, EfficientNet, VGG, the papers' CNNs), or ResNet's
+    ``layer1``-``layer3``; style lives in the early layers' statistics (Zhou et al., ICLR 2021)."""
+    if all(hasattr(net, f"layer{i}") for i in (1, 2, 3)):
+        return [net.layer1, net.layer2, net.layer3]
+    stack = getattr(net, "features", None) or getattr(net, "blocks", None)
+    if isinstance(stack, torch.nn.Sequential) and len(stack) >= 3:
+        n = len(stack)
+        return [stack[i] for i in sorted({max(0, n // 6 - 1), max(1, n // 3 - 1), max(2, n // 2 - 1)})]
+    raise ValueError(f"MixStyle does not know the stages of {type(net).__name__}")
+
+
+def mixstyle(net: torch.nn.Module, p: float, generator: torch.Generator, alpha: float = 0.1,
+             eps: float = 1e-6) -> list[torch.utils.hooks.RemovableHandle]:
+    """MixStyle (Zhou et al., ICLR 2021): in training only, with probability ``p`` per stage and batch, give
+    each image's feature maps (after :func:`style_stages`) the channel mean and std mixed ``Beta(alpha,
+    alpha)`` with those of another image of the batch. A feature-level style augmentation: the network,
+    its weights and inference are unchanged (forward hooks; remove them with ``h.remove()``).
+    """
+    def hook(module, _inputs, out):
+        if not module.training or out.shape[0] < 2 or torch.rand(1, generator=generator).item() >= p:
+            return None
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+        x = out.float()
+        mu = x.mean(dim=(2, 3), keepdim=True).detach()
+        sig = (x.var(dim=(2, 3), keepdim=True) + eps).sqrt().detach()
+        b = x.shape[0]
+        lam = torch.from_numpy(rng.beta(alpha, alpha, (b, 1, 1, 1)).astype(np.float32))
+        perm = torch.from_numpy(rng.permutation(b))
+        mixed = (x - mu) / sig * (lam * sig + (1 - lam) * sig[perm]) + (lam * mu + (1 - lam) * mu[perm])
+        return mixed.to(out.dtype)
+
+    return [stage.register_forward_hook(hook) for stage in style_stages(net)]

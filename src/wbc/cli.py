@@ -96,6 +96,10 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
                    "'robust' (the bundled model's, docs/decisions/0014) adds hue, gamma, resolution loss and noise "
                    "(default: standard)")
     t.add_argument("--label-smoothing", type=float, default=0.0, help="(default: 0)")
+    t.add_argument("--mixstyle", type=float, default=0.0, metavar="P",
+                   help="MixStyle: with probability P per early stage and batch, mix the feature statistics of "
+                   "the batch's images (a style augmentation for robustness across labs; 0.5 is the paper's "
+                   "setting, docs/decisions/0014) (default: 0, off)")
     h = p.add_argument_group("Hardware")
     h.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="(default: auto)")
     h.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -112,7 +116,7 @@ def _train_config(args, arch: str, out: str):
         precision=args.precision, max_per_class=args.max_per_class, cap_each_source=args.cap_each_source,
         refit=args.refit, skip_bad=args.skip_bad,
         resume=getattr(args, "resume", False), augment=not args.no_augment, threads=args.threads,
-        augment_preset=args.augment, label_smoothing=args.label_smoothing,
+        augment_preset=args.augment, label_smoothing=args.label_smoothing, mixstyle=args.mixstyle,
         preprocess=_preprocess_options(args), progress=not args.quiet)
 
 

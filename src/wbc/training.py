@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .progress import progress as progress_bar
 
 from . import cpu
-from .augment import PRESETS, augment, model_input, normalise, to_float
+from .augment import PRESETS, augment, mixstyle, model_input, normalise, style_stages, to_float
 from .calibration import fit_temperature
 from .classes import PBC_CLASSES
 from .data import Dataset, ImageRecord, discover
@@ -71,6 +71,7 @@ class TrainConfig:
     augment: bool = True
     augment_preset: str = "standard"  # a key of wbc.augment.PRESETS
     label_smoothing: float = 0.0
+    mixstyle: float = 0.0  # probability per stage and batch of MixStyle feature-statistics mixing (0: off)
     target_accuracy: float | None = None  # stop once validation accuracy reaches this (time-to-accuracy runs)
     max_minutes: float | None = None  # stop after the epoch that exceeds this wall-time budget
     threads: int | None = None
@@ -241,6 +242,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                        "another --out")
     if cfg.resume and not ckpt_path.is_file():
         raise WbcError(f"{ckpt_path}: nothing to resume (no checkpoint)")
+    if cfg.mixstyle > 0:  # before anything is written: does MixStyle know where this network's stages are?
+        try:
+            style_stages(spec.build(num_classes=2, pretrained=False))
+        except ValueError as exc:
+            raise WbcError(f"--mixstyle: {exc}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     img_size = cfg.img_size or spec.img_size
     if spec.min_img_size == spec.img_size and img_size != spec.img_size:
@@ -271,6 +277,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     model = spec.build(num_classes=len(classes), pretrained=cfg.pretrained and spec.pretrained is not None)
     model = model.to(memory_format=torch.channels_last)
+    style_hooks = mixstyle(model, cfg.mixstyle, generator) if cfg.mixstyle > 0 else []
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, -(-len(x_train) // cfg.batch_size))
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
@@ -365,6 +372,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             log.info("stopping: the %.1f-minute budget is spent", cfg.max_minutes)
             break
 
+    for h in style_hooks:
+        h.remove()
     # calibrate the best model on the validation set
     from .modelio import load_model
     best_model, info = load_model(run_dir / "model.safetensors")
