@@ -162,3 +162,5 @@ def test_mixstyle_changes_training_not_the_saved_network(tree, tmp_path):
     with pytest.raises(WbcError, match="--mixstyle: MixStyle does not know the stages of Inception3"):
         train(_cfg(tree, tmp_path / "inc", arch="inception_v3", pretrained=False, mixstyle=0.5, img_size=75))
     assert not (tmp_path / "inc").exists()  # refused before anything was written
+    with pytest.raises(WbcError, match=r"--mixstyle is a probability in \[0, 1\], got 1.5"):
+        train(_cfg(tree, tmp_path / "p", mixstyle=1.5))

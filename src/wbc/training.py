@@ -242,6 +242,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                        "another --out")
     if cfg.resume and not ckpt_path.is_file():
         raise WbcError(f"{ckpt_path}: nothing to resume (no checkpoint)")
+    if not 0 <= cfg.mixstyle <= 1:
+        raise WbcError(f"--mixstyle is a probability in [0, 1], got {cfg.mixstyle}")
     if cfg.mixstyle > 0:  # before anything is written: does MixStyle know where this network's stages are?
         try:
             style_stages(spec.build(num_classes=2, pretrained=False))
