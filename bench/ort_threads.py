@@ -28,14 +28,6 @@ from common import machine_info  # noqa: E402
 from run_all import _pbc_test_paths  # noqa: E402
 
 
-def _session(path: Path, spinning: bool):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 2, 1, 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _uint8_graph(src: Path, out: Path, mean, std) -> None:
     """The int8 graph with the uint8 -> normalised float conversion as its first nodes."""
     import onnx
@@ -66,12 +58,12 @@ def conversions(rounds: int) -> list[tuple[str, float]]:
     import torch
 
     from wbc.augment import _input_affine, onnx_input
-    from wbc.inference import load_predictor
+    from wbc.inference import load_predictor, ort_session
     from wbc.modelio import default_int8_path
 
     pred = load_predictor(None)
     pre = pred.info.preprocess
-    sess = _session(default_int8_path(), spinning=True)
+    sess = ort_session(default_int8_path(), 2, spinning=True)
     a_t, b_t = (torch.from_numpy(v).view(1, 3, 1, 1) for v in _input_affine(pre.mean, pre.std))
     cells = np.random.default_rng(0).integers(0, 256, (512, pre.img_size, pre.img_size, 3), dtype=np.uint8)
     batches = [cells[i:i + 64] for i in range(0, len(cells), 64)]
@@ -91,7 +83,7 @@ def conversions(rounds: int) -> list[tuple[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         u8_path = Path(tmp) / "uint8.onnx"
         _uint8_graph(default_int8_path(), u8_path, pre.mean, pre.std)
-        u8 = _session(u8_path, spinning=True)
+        u8 = ort_session(u8_path, 2, spinning=True)
         variants = {
             "torch op, 2 threads (the ONNX path before)": lambda: [sess.run(None, {"input": torch_op(b)}) for b in batches],
             "torch op, 1 thread": lambda: [sess.run(None, {"input": torch_one_thread(b)}) for b in batches],
@@ -112,7 +104,7 @@ def conversions(rounds: int) -> list[tuple[str, float]]:
 
 
 def files(n: int, rounds: int) -> list[tuple[str, float]]:
-    from wbc.inference import load_predictor
+    from wbc.inference import load_predictor, ort_session
     from wbc.modelio import default_int8_path
 
     paths = _pbc_test_paths(n)
@@ -120,7 +112,7 @@ def files(n: int, rounds: int) -> list[tuple[str, float]]:
     for spinning in (True, False):
         for workers in (1, 2):
             pred = load_predictor(None)
-            pred.session, pred.workers = _session(default_int8_path(), spinning), workers
+            pred.session, pred.workers = ort_session(default_int8_path(), 2, spinning), workers
             variants[f"threads {'spinning' if spinning else 'sleeping'}, {workers} worker(s)"] = pred
     for pred in variants.values():
         list(pred.predict_paths(paths[:200]))  # warm-up

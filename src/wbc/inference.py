@@ -85,7 +85,6 @@ class Backend(StrEnum):
 def onnx_session(model: str | Path | None, threads: int):
     """An ONNX Runtime session and the model info; exports (and caches) ONNX from a torch model."""
     import onnx
-    import onnxruntime as ort
 
     path = resolve_model_path(model)
     if path.suffix != ".onnx":
@@ -100,15 +99,23 @@ def onnx_session(model: str | Path | None, threads: int):
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     if "wbc" not in meta:
         raise WbcError(f"{path}: an ONNX file without wbc model information; export it with `wbc export`")
+    return ort_session(path, threads), ModelInfo.from_json(meta["wbc"])
+
+
+def ort_session(path: str | Path, threads: int, spinning: bool = False):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads.
+
+    Idle threads sleep unless ``spinning``: spinning ones take a core from the decoding workers and from
+    `wbc count`'s detection between batches (docs/benchmarks.md, "What feeds ONNX Runtime"; docs/decisions/0009).
+    """
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: the quantised graph's harmless "unused initializer" notes stay quiet
-    # Idle ONNX Runtime threads sleep instead of spinning: spinning ones take a core from the decoding workers
-    # and from `wbc count`'s detection between batches (`python bench/ort_threads.py`, docs/decisions/0009).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return session, ModelInfo.from_json(meta["wbc"])
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def fuse_batchnorm(net: torch.nn.Module) -> int:
