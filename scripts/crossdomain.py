@@ -25,6 +25,8 @@ Models:
   validation by scripts/selftrain_sweep.py; only when its rule adopted it (results/selftrain-sweep/choice.json);
 * ``…-robust-mixstyle``: the robust models trained with MixStyle as well (``--mixstyle 0.5``), only when
   scripts/robust_sweep.py's rule adopted it on validation (results/robust-sweep/mixstyle-choice.json);
+* ``…-robust-mixstyle-effnet``: the same with EfficientNet-Lite0 instead of MobileNetV2, only when its rule
+  adopted it on validation (results/robust-sweep/backbone-choice.json);
 * ``default``: the bundled model (it trained on both sources; only BCCD fields it never saw count).
 Test sets a model trained on are skipped.
 """
@@ -111,17 +113,15 @@ def robust_models(work: Path) -> dict[str, Path]:
     plan = {"pbc-only-robust": ([str(ROOT / "data/splits/pbc.csv")], {}, ROOT / "data/splits/kaggle.csv"),
             "kaggle-only-robust": ([str(ROOT / "data/splits/kaggle.csv")], {"groups": str(MAP), "max_per_class": 1000},
                                    ROOT / "data/splits/pbc.csv")}
-    ms_file = ROOT / "results/robust-sweep/mixstyle-choice.json"
-    ms = json.loads(ms_file.read_text()) if ms_file.is_file() else {"adopted": False}
-    if ms["adopted"]:  # the same models with MixStyle, adopted on validation by scripts/robust_sweep.py
-        plan.update({f"{name}-mixstyle": (data, {**extra, "mixstyle": ms["mixstyle"]}, lab)
-                     for name, (data, extra, lab) in list(plan.items())})
+    base = dict(plan)
+    for variant, options in sweep_choices().items():  # adopted on validation by scripts/robust_sweep.py
+        plan.update({f"{name}{variant}": (data, {**extra, **options}, lab) for name, (data, extra, lab) in base.items()})
     out = {}
     for name, (data, extra, other_lab) in plan.items():
         run = work / name
         if not (run / "run.json").is_file():
             train(TrainConfig(data=data, out=str(run), progress=False, resume=(run / "checkpoint.pt").is_file(),
-                              **ROBUST, **extra))
+                              **{**ROBUST, **extra}))
         out[name] = run
         adapted = work / f"{name}+adabn"
         if not (adapted / "model.safetensors").is_file():  # the other lab's training split, labels ignored
@@ -130,13 +130,28 @@ def robust_models(work: Path) -> dict[str, Path]:
         out[f"{name}+adabn"] = adapted / "model.safetensors"
         choice_file = ROOT / "results/selftrain-sweep/choice.json"
         choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {"adopted": False}
-        if choice["adopted"] and not name.endswith("-mixstyle"):
+        if choice["adopted"] and name in base:
             st = work / f"{name}+selftrain"
             if not (st / "model.safetensors").is_file():
                 man = unlabelled_manifest(other_lab, "train", work / f"{name}-selftrain-unlabelled.csv")
                 adapt(AdaptConfig(data=[], unlabelled=[str(man)], out=str(st), model=str(run), max_unlabelled=2000,
                                   self_train=choice["epochs"], classes=list(KAGGLE4), progress=False))
             out[f"{name}+selftrain"] = st / "model.safetensors"
+    return out
+
+
+#: model-name suffix -> the choice file of scripts/robust_sweep.py whose rule adds those models
+VARIANTS = {"-mixstyle": "mixstyle-choice.json", "-mixstyle-effnet": "backbone-choice.json"}
+
+
+def sweep_choices() -> dict[str, dict]:
+    """The recipe variants whose validation rule was met: suffix -> the training options the rule adopted."""
+    out = {}
+    for variant, name in VARIANTS.items():
+        f = ROOT / "results/robust-sweep" / name
+        c = json.loads(f.read_text()) if f.is_file() else {"adopted": False}
+        if c["adopted"]:
+            out[variant] = {k: c[k] for k in ("mixstyle", "arch") if k in c}
     return out
 
 
@@ -190,7 +205,7 @@ def main() -> None:
             *robust_rows(""),
             ("pbc-only-robust+selftrain", "kaggle-test"), ("pbc-only-robust+selftrain", "kaggle-test-simple"),
             ("pbc-only-robust+selftrain", "bccd-fields-unseen"), ("kaggle-only-robust+selftrain", "pbc-test-4"),
-            *robust_rows("-mixstyle"),
+            *robust_rows("-mixstyle"), *robust_rows("-mixstyle-effnet"),
             ("default", "kaggle-test-simple"), ("default", "bccd-fields-unseen")]
     unknown = (only or set()) - {m for m, _ in plan}
     if unknown:
@@ -199,7 +214,7 @@ def main() -> None:
     for model, test in plan:
         if only is not None and model not in only:
             continue
-        if model not in models:  # a +selftrain row whose method the validation rule did not adopt
+        if model not in models:  # a row whose variant the validation rule did not adopt
             continue
         path = models[model]
         if not _on_disk(path):  # results/ keeps metrics, not weights

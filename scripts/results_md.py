@@ -144,17 +144,19 @@ def robust_sweep_section() -> list[str]:
              "re-estimated on unlabelled images of the target lab (the Kaggle val split / the PBC train split, not "
              "the images scored). In-domain columns: accuracy on the model's own validation split. "
              "robust+reinhard+mixstyle adds MixStyle (`wbc train --mixstyle 0.5`: the channel statistics of early "
-             "feature maps mixed between the images of a batch, in training only).", ""]
+             "feature maps mixed between the images of a batch, in training only); …+effnet is the same with "
+             "EfficientNet-Lite0 (ImageNet weights) instead of MobileNetV2.", ""]
     table = RESULTS / "robust-sweep" / "sweep.md"
     lines += [table.read_text() if table.is_file() else "_Not run yet._", ""]
-    choice = RESULTS / "robust-sweep" / "mixstyle-choice.json"
-    if choice.is_file():
-        c = load(choice)
-        lines += [f"MixStyle rule, fixed before its Kaggle-only model was scored: {c['rule']}. "
-                  f"**{'Adopted' if c['adopted'] else 'Not adopted'}** (mean {pct(c['cross_domain_mean']['mixstyle'])} "
-                  f"against {pct(c['cross_domain_mean']['robust+reinhard'])} %, PBC val "
-                  f"{pct(c['pbc_val_accuracy']['mixstyle'])} against {pct(c['pbc_val_accuracy']['robust+reinhard'])} %).",
-                  ""]
+    for name, title, when in (("mixstyle", "MixStyle", "fixed before its Kaggle-only model was scored"),
+                              ("backbone", "Backbone", "fixed before either of its models was trained")):
+        choice = RESULTS / "robust-sweep" / f"{name}-choice.json"
+        if choice.is_file():
+            c = load(choice)
+            (base, b), (cand, m) = c["cross_domain_mean"].items()
+            lines += [f"{title} rule, {when}: {c['rule']}. **{'Adopted' if c['adopted'] else 'Not adopted'}** "
+                      f"(mean {pct(m)} against {pct(b)} %, PBC val {pct(c['pbc_val_accuracy'][cand])} against "
+                      f"{pct(c['pbc_val_accuracy'][base])} %).", ""]
     return lines
 
 

@@ -2,8 +2,9 @@
 
     python scripts/robust_sweep.py [--out results/robust-sweep] [--work runs/robust-sweep] [--recipes a,b]
 
-For every recipe (augmentation preset x per-image colour normalisation) it trains two MobileNetV2s at a
-small budget (128 px, 4 epochs, ImageNet start, WBC-centred crop 0.7, one-cycle Adam 3e-4, class weights):
+For every recipe (augmentation preset x per-image colour normalisation, plus MixStyle or the EfficientNet-Lite0
+backbone where :data:`EXTRA` says so) it trains two MobileNetV2s at a small budget (128 px, 4 epochs, ImageNet
+start, WBC-centred crop 0.7, one-cycle Adam 3e-4, class weights):
 * **PBC-only** (PBC train split), validated *cross-domain* on Kaggle TRAIN (all 277 source cells; never
   on Kaggle TEST);
 * **Kaggle-only** (Kaggle TRAIN train split, <= 1,000 images per class), validated cross-domain on the
@@ -15,6 +16,8 @@ in-domain validation accuracy. Predictions are restricted to the four shared cla
 
 The recipe with the best mean cross-domain balanced accuracy (AdaBN off: what a user gets without
 adapting) is the one docs/decisions/0014-robust-recipe.md adopts for the bundled model.
+:data:`RULES`, fixed before their candidate rows were scored, decide which variants the cross-domain models
+of scripts/crossdomain.py are trained with (results/robust-sweep/*-choice.json).
 Resumable: finished runs are reused; ~7 min per recipe on 2 cores.
 """
 
@@ -55,9 +58,12 @@ RECIPES = {
     "robust+reinhard": ("robust", "reinhard"),
     "robust+macenko": ("robust", "macenko"),
     "robust+reinhard+mixstyle": ("robust", "reinhard"),
+    "robust+reinhard+mixstyle+effnet": ("robust", "reinhard"),
 }
-#: training options beyond the recipe's augmentation and colour normalisation (MixStyle at the paper's p, alpha)
-EXTRA = {"robust+reinhard+mixstyle": {"mixstyle": 0.5}}
+#: training options beyond the recipe's augmentation and colour normalisation (MixStyle at the paper's p, alpha;
+#: the EfficientNet-Lite0 backbone, the other one with ImageNet weights offline)
+EXTRA = {"robust+reinhard+mixstyle": {"mixstyle": 0.5},
+         "robust+reinhard+mixstyle+effnet": {"mixstyle": 0.5, "arch": "efficientnet_lite0"}}
 BUDGET = dict(arch="mobilenet_v2", img_size=128, epochs=4, lr=3e-4, schedule="onecycle", class_weights=True,
               patience=4, seed=0)
 
@@ -104,8 +110,8 @@ def run(name: str, work: Path) -> dict:
         run_dir = work / f"{side}__{name}"
         if not (run_dir / "run.json").is_file():
             train(TrainConfig(data=data, out=str(run_dir), augment_preset=preset, preprocess=pre, progress=False,
-                              resume=(run_dir / "checkpoint.pt").is_file(), **BUDGET, **extra,
-                              **EXTRA.get(name, {})))
+                              resume=(run_dir / "checkpoint.pt").is_file(),
+                              **{**BUDGET, **extra, **EXTRA.get(name, {})}))
         net, info = load_model(run_dir / "model.safetensors")
         res = json.loads((run_dir / "run.json").read_text())["result"]
         out[f"{side}_wall_s"] = res["wall_seconds"]
@@ -127,25 +133,36 @@ def run(name: str, work: Path) -> dict:
     return out
 
 
-#: fixed before the MixStyle row's Kaggle-only side was seen (its PBC-only side was): MixStyle joins the recipe
-#: of the cross-domain models (scripts/crossdomain.py) if it beats robust+reinhard on the mean cross-domain
-#: balanced accuracy without adaptation, and costs at most 1 point of in-domain PBC validation accuracy.
-MIXSTYLE_RULE = ("adopt MixStyle (p 0.5) for the cross-domain models if robust+reinhard+mixstyle's mean cross-domain "
-                 "balanced accuracy (AdaBN off) > robust+reinhard's and its PBC val accuracy (in-domain) >= "
-                 "robust+reinhard's - 0.01")
+#: Rules that decide, on this sweep's validation rows, what the cross-domain models of scripts/crossdomain.py
+#: train with. Each was fixed before its candidate row was (fully) scored: MixStyle's after its PBC-only side had
+#: printed, before its Kaggle-only side; the backbone's before either side was trained. The backbone needs a
+#: margin because a second seed alone moved one direction by up to 9 points (docs/decisions/0014, seed variance).
+RULES = {
+    "mixstyle": dict(base="robust+reinhard", candidate="robust+reinhard+mixstyle", margin=0.0,
+                     file="mixstyle-choice.json", options={"mixstyle": 0.5},
+                     rule="adopt MixStyle (p 0.5) for the cross-domain models if robust+reinhard+mixstyle's mean "
+                          "cross-domain balanced accuracy (AdaBN off) > robust+reinhard's and its PBC val accuracy "
+                          "(in-domain) >= robust+reinhard's - 0.01"),
+    "backbone": dict(base="robust+reinhard+mixstyle", candidate="robust+reinhard+mixstyle+effnet", margin=0.03,
+                     file="backbone-choice.json", options={"mixstyle": 0.5, "arch": "efficientnet_lite0"},
+                     rule="train EfficientNet-Lite0 cross-domain models (with MixStyle) if robust+reinhard+mixstyle+effnet's "
+                          "mean cross-domain balanced accuracy (AdaBN off) > robust+reinhard+mixstyle's + 0.03 and its "
+                          "PBC val accuracy (in-domain) >= robust+reinhard+mixstyle's - 0.01"),
+}
+MIXSTYLE_RULE = RULES["mixstyle"]["rule"]
 
 
-def mixstyle_choice(rows: dict[str, dict]) -> dict | None:
-    """:data:`MIXSTYLE_RULE` applied to the sweep's rows (None until both rows exist)."""
-    base, mix = rows.get("robust+reinhard"), rows.get("robust+reinhard+mixstyle")
-    if base is None or mix is None:
+def choice(rows: dict[str, dict], rule: dict) -> dict | None:
+    """One of :data:`RULES` applied to the sweep's rows (None until both of its rows exist)."""
+    base, cand = rows.get(rule["base"]), rows.get(rule["candidate"])
+    if base is None or cand is None:
         return None
-    adopted = (mix["cross_domain_mean"] > base["cross_domain_mean"]
-               and mix["pbc-only_in_domain"]["accuracy"] >= base["pbc-only_in_domain"]["accuracy"] - 0.01)
-    return {"adopted": bool(adopted), "rule": MIXSTYLE_RULE, "mixstyle": 0.5,
-            "cross_domain_mean": {"robust+reinhard": base["cross_domain_mean"], "mixstyle": mix["cross_domain_mean"]},
-            "pbc_val_accuracy": {"robust+reinhard": base["pbc-only_in_domain"]["accuracy"],
-                                 "mixstyle": mix["pbc-only_in_domain"]["accuracy"]}}
+    adopted = (cand["cross_domain_mean"] > base["cross_domain_mean"] + rule["margin"]
+               and cand["pbc-only_in_domain"]["accuracy"] >= base["pbc-only_in_domain"]["accuracy"] - 0.01)
+    return {"adopted": bool(adopted), "rule": rule["rule"], **rule["options"],
+            "cross_domain_mean": {rule["base"]: base["cross_domain_mean"], rule["candidate"]: cand["cross_domain_mean"]},
+            "pbc_val_accuracy": {rule["base"]: base["pbc-only_in_domain"]["accuracy"],
+                                 rule["candidate"]: cand["pbc-only_in_domain"]["accuracy"]}}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -178,9 +195,10 @@ def main() -> int:
         ordered = [rows[k] for k in RECIPES if k in rows]
         done.write_text(json.dumps(ordered, indent=1))
         (out / "sweep.md").write_text(markdown(ordered))
-    choice = mixstyle_choice(rows)
-    if choice is not None:
-        (out / "mixstyle-choice.json").write_text(json.dumps(choice, indent=1))
+    for rule in RULES.values():
+        decided = choice(rows, rule)
+        if decided is not None:
+            (out / rule["file"]).write_text(json.dumps(decided, indent=1))
     print((out / "sweep.md").read_text())
     return 0
 
