@@ -15,6 +15,7 @@ with the ratio to the first row of each table.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -108,10 +109,11 @@ def files(n: int, rounds: int) -> list[tuple[str, float]]:
     from wbc.modelio import default_int8_path
 
     paths = _pbc_test_paths(n)
+    base = load_predictor(None)  # the shipped path; each variant differs only in its session and workers
     variants = {}
     for spinning in (True, False):
         for workers in (1, 2):
-            pred = load_predictor(None)
+            pred = copy.copy(base)
             pred.session, pred.workers = ort_session(default_int8_path(), 2, spinning), workers
             variants[f"threads {'spinning' if spinning else 'sleeping'}, {workers} worker(s)"] = pred
     for pred in variants.values():

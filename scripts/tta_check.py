@@ -15,17 +15,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 ROOT = Path(__file__).resolve().parent.parent
 FOUR = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
 
-def sample(manifest: Path, split: str, n: int, rng: np.random.Generator) -> list[tuple[Path, str]]:
+def sample(manifest: Path, split: str, n: int, rng: np.random.Generator) -> list:
+    from wbc.data import ImageRecord
     rows = [r for r in csv.DictReader(manifest.open()) if r["split"] == split]
     pick = sorted(rng.permutation(len(rows))[:n])
-    return [((manifest.parent / rows[i]["path"]).resolve(), rows[i]["label"]) for i in pick]
+    return [ImageRecord((manifest.parent / rows[i]["path"]).resolve(), rows[i]["label"]) for i in pick]
 
 
 def views(arr: np.ndarray) -> dict[str, np.ndarray]:
@@ -36,15 +36,15 @@ def views(arr: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def check(model: Path, data: list[tuple[Path, str]], classes: list[str] | None) -> list[str]:
+def check(model: Path, data: list, classes: list[str] | None) -> list[str]:
+    from wbc.imageset import decode_images
     from wbc.inference import Predictor
-    from wbc.preprocessing import prepare
     pred = Predictor(model)
-    arr = np.stack([prepare(Image.open(f).convert("RGB"), pred.info.preprocess) for f, _ in data])
+    arr, data = decode_images(data, pred.info.preprocess, progress=False)
     keep = [pred.classes.index(c) for c in classes] if classes else list(range(len(pred.classes)))
     names = [pred.classes[i] for i in keep]
     logits = {k: pred.logits_arrays(v)[:, keep] for k, v in views(arr).items()}
-    truth = [label for _, label in data]
+    truth = [r.label for r in data]
     sets = {"none (1x)": ["identity"], "+ horizontal flip (2x)": ["identity", "hflip"],
             "4 rotations (4x)": ["identity", "rot90", "rot180", "rot270"], "8 dihedral views (8x)": list(logits)}
     lines = []
