@@ -10,6 +10,7 @@ import pytest
 
 from conftest import SAMPLES, tiny_class_tree
 from wbc.cli import main
+from wbc.modelio import default_model_path, read_info
 
 
 def run(*args):
@@ -23,10 +24,28 @@ def test_predict_bundled_samples_table():
     assert lines[0].split()[:3] == ["image", "type", "confidence"]
     rows = [line.split() for line in lines[1:]]
     assert len(rows) == 12
-    assert all(len(r) == 3 or r[3:] == ["UNKNOWN"] for r in rows), rows  # an unknown verdict is flagged, not hidden
+    assert all(len(row) == 3 or row[3:] in (["UNKNOWN"], ["REVIEW"]) for row in rows), rows  # flagged, not hidden
     correct = sum(Path(path).name.split("_")[1] == label for path, label, *_ in rows)
     assert correct >= 10, rows  # held-out samples: the bundled model must get nearly all of them
-    assert all(0 < float(r[2]) <= 1 for r in rows)
+    assert all(0 < float(row[2]) <= 1 for row in rows)
+    threshold = read_info(default_model_path()).review_threshold
+    assert 0 < threshold < 1
+    for row in rows:  # below the bundled model's calibrated review threshold: REVIEW (UNKNOWN goes to review too)
+        assert (row[3:] != []) == (float(row[2]) < threshold or row[3:] == ["UNKNOWN"]), (row, threshold)
+    n_review = sum(row[3:] != [] for row in rows)
+    assert n_review >= 1  # the samples hold a low-confidence Kaggle neutrophil
+    assert f"{n_review} of 12 images to review: calibrated confidence below {threshold:.3f}" in r.stderr
+
+
+def test_predict_review_flag_follows_the_threshold(capsys):
+    sample = str(next(SAMPLES.glob("pbc_eosinophil*")))  # confidence ~0.99, not unknown
+    for threshold, expected in (("0", False), ("1", True)):
+        assert main(["-q", "predict", "--format", "json", "--review-threshold", threshold, sample]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["review"] is expected
+    assert main(["-q", "predict", "--format", "csv", "--review-threshold", "1", sample]) == 0
+    assert [row["review"] for row in csv.DictReader(capsys.readouterr().out.splitlines())] == ["1"]
+    assert main(["-q", "predict", "--review-threshold", "1.5", sample]) == 2
+    assert "--review-threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_predict_json_has_all_probabilities(capsys):

@@ -29,6 +29,11 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
                    "for .onnx files, else torch; onnxruntime exports a torch model to ONNX once (default: auto)")
 
 
+def _add_review_threshold(g) -> None:
+    g.add_argument("--review-threshold", type=float, default=None, help="cells below this calibrated confidence "
+                   "are marked for review (default: the model's own, else 0.7)")
+
+
 def _add_input_checks(g) -> None:
     g.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images with a warning instead of failing (default: fail)")
@@ -149,35 +154,42 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .data import image_files, handle_bad
     from .errors import BadImageError
+    from .counting import review_threshold
     from .inference import load_predictor, predict_files
     paths = image_files(args.paths)
     if not paths:
         raise WbcError(f"no images found in {' '.join(args.paths)}")
     predictor = load_predictor(args.model, precision=args.precision, batch_size=args.batch_size,
                                backend=args.backend)
+    threshold = review_threshold(predictor, args.review_threshold)
     bad: list[BadImageError] = []
     preds = list(predict_files(predictor, paths, skip_bad=args.skip_bad, progress=not args.quiet, bad=bad))
     handle_bad(bad, args.skip_bad)  # default: fail with the first few bad files and the count
+    # a cell goes to review below the calibrated confidence threshold, or when it is unknown (as in `wbc count`)
+    review = [p.unknown or p.confidence < threshold for p in preds]
     if args.format == "json":
         print(json.dumps([{"path": str(p.path), "label": p.label, "confidence": round(p.confidence, 4),
-                           "unknown": p.unknown, "ood_score": None if p.ood_score is None else round(p.ood_score, 4),
-                           "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}} for p in preds],
-                         indent=2))
+                           "review": r, "unknown": p.unknown,
+                           "ood_score": None if p.ood_score is None else round(p.ood_score, 4),
+                           "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()}}
+                          for p, r in zip(preds, review)], indent=2))
     elif args.format == "csv":
         import csv
         w = csv.writer(sys.stdout)
-        w.writerow(["path", "label", "confidence"] + predictor.classes + ["unknown", "ood_score"])
-        for p in preds:
+        w.writerow(["path", "label", "confidence"] + predictor.classes + ["review", "unknown", "ood_score"])
+        for p, r in zip(preds, review):
             w.writerow([p.path, p.label, f"{p.confidence:.4f}"] + [f"{p.probabilities[c]:.4f}" for c in predictor.classes]
-                       + [int(p.unknown), "" if p.ood_score is None else f"{p.ood_score:.4f}"])
+                       + [int(r), int(p.unknown), "" if p.ood_score is None else f"{p.ood_score:.4f}"])
     else:
         width = max([len(str(p.path)) for p in preds] + [4])
         print(f"{'image':<{width}}  {'type':<13} confidence")
-        for p in preds:  # unknown: unlike any cell the model knows (docs/decisions/0013); its best guess stays shown
-            print(f"{str(p.path):<{width}}  {p.label:<13} {p.confidence:.3f}" + ("  UNKNOWN" * p.unknown))
-    if any(p.unknown for p in preds):
-        print(f"{sum(p.unknown for p in preds)} of {len(preds)} images are unlike any cell the model knows "
-              "(unknown): not a white blood cell, or another lab's images", file=sys.stderr)
+        for p, r in zip(preds, review):  # unknown: unlike any cell the model knows (docs/decisions/0013); its best
+            flag = "  UNKNOWN" if p.unknown else "  REVIEW" if r else ""  # guess stays shown, like a low confidence
+            print(f"{str(p.path):<{width}}  {p.label:<13} {p.confidence:.3f}{flag}")
+    if any(review):
+        print(f"{sum(review)} of {len(preds)} images to review: calibrated confidence below {threshold:.3f}"
+              + (f", or unlike any cell the model knows ({sum(p.unknown for p in preds)} unknown: not a white blood "
+                 "cell, or another lab's images)" if any(p.unknown for p in preds) else ""), file=sys.stderr)
     return 0
 
 
@@ -416,14 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="classify single-cell images; UNKNOWN marks an image unlike any cell the "
-                       "model knows (docs/decisions/0013)")
+    p = sub.add_parser("predict", help="classify single-cell images; REVIEW marks a calibrated confidence below "
+                       "the model's review threshold, UNKNOWN an image unlike any cell the model knows "
+                       "(docs/decisions/0011, 0013)")
     p.add_argument("paths", nargs="+", help="images or folders")
     _add_model(p)
+    _add_review_threshold(p.add_argument_group("Review"))
     g = p.add_argument_group("Output")
-    g.add_argument("--format", choices=["table", "csv", "json"], default="table", help="csv and json add the "
-                   "unknown flag and the OOD score (logit energy; the max probability for classical models, which "
-                   "call nothing unknown) (default: table)")
+    g.add_argument("--format", choices=["table", "csv", "json"], default="table", help="csv and json add every "
+                   "class probability, the review and unknown flags and the OOD score (logit energy; the max "
+                   "probability for classical models, which call nothing unknown) (default: table)")
     _add_input_checks(g)
     p.set_defaults(func=cmd_predict)
 
@@ -489,8 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: bundled adult ranges)")
     _add_model(p)
     a = p.add_argument_group("Algorithm")
-    a.add_argument("--review-threshold", type=float, default=None, help="cells below this calibrated confidence "
-                   "are marked for review (default: the model's own, else 0.7)")
+    _add_review_threshold(a)
     a.add_argument("--rbc-diameter", type=float, default=None, help="red-cell diameter in pixels, i.e. the "
                    "magnification (default: measured and pooled per sample)")
     a.add_argument("--min-cells", type=int, default=100, help="fewer leukocytes raise the too_few_cells flag "
@@ -623,8 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     g = p.add_argument_group("Analysis")
     g.add_argument("--ranges", default=None, help="lab reference ranges, JSON or CSV (default: bundled adult ranges)")
-    g.add_argument("--review-threshold", type=float, default=None, help="cells below this calibrated confidence "
-                   "are marked for review (default: the model's own, else 0.7)")
+    _add_review_threshold(g)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("ensemble", help="combine models with the same classes and preprocessing into one "
