@@ -240,6 +240,10 @@ def adapt_section() -> list[str]:
                   f"splits). Rule, fixed beforehand: {choice['rule']} Default: **{choice['default']}** "
                   "(docs/decisions/0008).", ""]
         lines += adapt_table(val["rows"], "val", "val")
+        lines += ["", "'bn only' at 1–3 cells per class (val only) sets how few cells `wbc adapt` accepts for "
+                  "re-estimating BatchNorm statistics: 4 distinct images (one per class here) were the fewest measured "
+                  "and no worse on the lab's val cells than not adapting; fewer are refused (`wbc.adapt.MIN_BN_IMAGES`, "
+                  "docs/decisions/0008)."]
     return lines + [""]
 
 

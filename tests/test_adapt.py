@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import PBC, need_shared
-from wbc.adapt import AdaptConfig, _head, adapt, head_mode, pick_shots, restricted_accuracy
+from wbc.adapt import MIN_BN_IMAGES, AdaptConfig, _head, adapt, head_mode, pick_shots, restricted_accuracy
 from wbc.errors import WbcError
 from wbc.cli import main
 from wbc.data import ImageRecord
@@ -185,3 +185,27 @@ def test_self_training_goes_beyond_batchnorm_without_labels(unlabelled_lab, lab,
     assert main(["-q", "adapt", "--unlabelled", str(unl), "--self-train", "1", "--classes", "neutrophil,smudge",
                  "--out", str(tmp_path / "y")]) == 2
     assert "--classes" in capsys.readouterr().err
+
+
+def test_adapt_refuses_too_few_cells_before_writing_anything(lab, tmp_path, capsys):
+    """BatchNorm statistics of fewer than MIN_BN_IMAGES images, or a head re-fitted on one class, would
+    turn the model into one that knows only those cells: refused with a one-line error, nothing written."""
+    import shutil
+    few = tmp_path / "few"
+    for c in CLASSES[: MIN_BN_IMAGES - 1]:  # one cell each of fewer classes than the minimum
+        (few / c).mkdir(parents=True)
+        shutil.copy(next((lab / "shots" / c).glob("*.png")), few / c)
+    out = tmp_path / "out"
+    assert main(["-q", "adapt", "--data", str(few), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{MIN_BN_IMAGES - 1} distinct cell image(s)" in err and f"at least {MIN_BN_IMAGES}" in err
+    assert "--no-batchnorm" in err and "Traceback" not in err and not out.exists()
+    assert main(["-q", "adapt", "--data", str(few), "--no-batchnorm", "--out", str(out)]) == 0  # head only
+    one = tmp_path / "one"
+    shutil.copytree(lab / "shots" / "neutrophil", one / "neutrophil")  # 8 cells, one class
+    assert main(["-q", "adapt", "--data", str(one), "--out", str(tmp_path / "one-out")]) == 2
+    err = capsys.readouterr().err
+    assert "at least 2 classes, got only neutrophil" in err and "--head keep" in err
+    assert not (tmp_path / "one-out").exists()
+    assert main(["-q", "adapt", "--data", str(one), "--head", "keep", "--out", str(tmp_path / "one-out")]) == 0
+    assert json.loads((tmp_path / "one-out" / "adapt.json").read_text())["head_refit"] is False

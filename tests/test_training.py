@@ -164,3 +164,24 @@ def test_mixstyle_changes_training_not_the_saved_network(tree, tmp_path):
     assert not (tmp_path / "inc").exists()  # refused before anything was written
     with pytest.raises(WbcError, match=r"--mixstyle is a probability in \[0, 1\], got 1.5"):
         train(_cfg(tree, tmp_path / "p", mixstyle=1.5))
+
+
+@pytest.mark.parametrize("arch", ["asghar-cnn", "knn"])
+def test_a_start_that_fails_on_bad_images_leaves_no_run_folder(tmp_path, arch):
+    """Fix the file, run the same command again: no leftover folder asks for --resume (which has nothing to resume)."""
+    import shutil
+    data = tiny_class_tree(tmp_path / "data", per_class=6)
+    bad = data / "neutrophil" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    with pytest.raises(WbcError, match="broken.jpg"):
+        train(_cfg(data, out, arch=arch, epochs=1))
+    assert not out.exists()
+    bad.unlink()
+    train(_cfg(data, out, arch=arch, epochs=1))
+    rows = list(csv.DictReader(open(out / "split.csv")))
+    assert len(rows) == 18 and not any("broken" in r["path"] for r in rows)
+    shutil.rmtree(out)
+    bad.write_bytes(b"not a jpeg")  # --skip-bad: the split lists the images trained on, not the skipped one
+    train(_cfg(data, out, arch=arch, epochs=1, skip_bad=True))
+    assert not any("broken" in r["path"] for r in csv.DictReader(open(out / "split.csv")))

@@ -47,6 +47,11 @@ from .ood import energy, unknown_threshold
 log = logging.getLogger(__name__)
 
 MIN_UNLABELLED = 32  # fewer images give BatchNorm statistics too noisy to trust
+#: with labelled cells, BatchNorm statistics come from the shots' augmented views (plus any unlabelled images).
+#: One cell per class of four (4 images) is the fewest measured: re-estimating on them was no worse on the lab's
+#: validation cells than not adapting (scripts/adapt_curve.py --eval-split val, 'bn only'; docs/decisions/0008).
+#: Fewer was never measured, and one image's statistics are that image's, so fewer is refused.
+MIN_BN_IMAGES = 4
 
 
 @dataclass
@@ -269,6 +274,15 @@ def adapt(cfg: AdaptConfig) -> dict:
     if unknown:
         raise WbcError(f"classes {unknown} are not classes of the model ({', '.join(info.classes)})")
     shots = pick_shots(records, cfg.shots, cfg.seed)
+    n_distinct = len(shots) + (0 if x_unl is None else len(x_unl))
+    if cfg.bn and n_distinct < MIN_BN_IMAGES:
+        raise WbcError(f"{n_distinct} distinct cell image(s): re-estimating BatchNorm statistics needs at least "
+                       f"{MIN_BN_IMAGES} (labelled and --unlabelled together); add cells, or pass --no-batchnorm to "
+                       "adapt only the classifier head")
+    labelled = sorted({r.label for r in shots})
+    if mode != "keep" and len(labelled) < 2:
+        raise WbcError(f"re-fitting the classifier head needs labelled cells of at least 2 classes, got only "
+                       f"{', '.join(labelled)}; add cells of other classes, or pass --head keep")
     x_u8, shots = decode_images(shots, info.preprocess, progress=cfg.progress, desc="decoding shots")
     x_u8 = torch.from_numpy(x_u8)
     y = torch.tensor([info.classes.index(r.label) for r in shots])

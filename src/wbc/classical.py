@@ -404,13 +404,12 @@ def train_classical(cfg) -> "TrainResult":  # noqa: F821 - TrainResult imported 
     unknown_val = sorted({r.label for r in val_recs} - set(classes))
     if unknown_val:
         raise WbcError(f"validation classes {unknown_val} are not in the training data")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_split_manifest([ImageRecord(r.path, r.label, r.group, "train") for r in train_recs]
-                         + [ImageRecord(r.path, r.label, r.group, "val") for r in val_recs], run_dir / "split.csv")
-
     X_train, train_recs, no_cell_train = _features(train_recs, fcfg, cfg, "features (train)")
     X_val, val_recs, no_cell_val = _features(val_recs, fcfg, cfg, "features (val)") if val_recs else \
         (np.zeros((0, len(FEATURE_NAMES)), np.float32), [], 0)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the images have decoded (as in wbc.training.train)
+    write_split_manifest([ImageRecord(r.path, r.label, r.group, "train") for r in train_recs]
+                         + [ImageRecord(r.path, r.label, r.group, "val") for r in val_recs], run_dir / "split.csv")
     index = {c: i for i, c in enumerate(classes)}
     y_train = np.array([index[r.label] for r in train_recs])
     y_val = np.array([index[r.label] for r in val_recs])

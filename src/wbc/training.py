@@ -249,7 +249,6 @@ def train(cfg: TrainConfig) -> TrainResult:
             style_stages(spec.build(num_classes=2, pretrained=False))
         except ValueError as exc:
             raise WbcError(f"--mixstyle: {exc}") from None
-    run_dir.mkdir(parents=True, exist_ok=True)
     img_size = cfg.img_size or spec.img_size
     if spec.min_img_size == spec.img_size and img_size != spec.img_size:
         raise WbcError(f"{spec.name} has a fixed input of {spec.img_size}x{spec.img_size}; drop --img-size")
@@ -265,13 +264,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise WbcError(f"validation classes {unknown_val} are not in the training data")
     if len(classes) < 2:
         raise WbcError(f"need at least 2 classes to train, found {classes}")
-    write_split_manifest([ImageRecord(r.path, r.label, r.group, "train") for r in train_recs]
-                         + [ImageRecord(r.path, r.label, r.group, "val") for r in val_recs], run_dir / "split.csv")
 
     x_train, train_recs = decode_images(train_recs, pre, skip_bad=cfg.skip_bad, progress=cfg.progress,
                                         desc="decoding train")
     x_val, val_recs = decode_images(val_recs, pre, skip_bad=cfg.skip_bad, progress=cfg.progress,
                                     desc="decoding val")
+    # the run folder appears only once the data has decoded: a start that fails on bad input leaves nothing to
+    # clear away (a leftover split.csv would make the re-run ask for --resume, which has no checkpoint to resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_split_manifest([ImageRecord(r.path, r.label, r.group, "train") for r in train_recs]
+                         + [ImageRecord(r.path, r.label, r.group, "val") for r in val_recs], run_dir / "split.csv")
     index = {c: i for i, c in enumerate(classes)}
     y_train = torch.tensor([index[r.label] for r in train_recs])
     y_val = torch.tensor([index[r.label] for r in val_recs])
