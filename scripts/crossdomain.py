@@ -26,7 +26,8 @@ Models:
 * ``…-robust-mixstyle``: the robust models trained with MixStyle as well (``--mixstyle 0.5``), only when
   scripts/robust_sweep.py's rule adopted it on validation (results/robust-sweep/mixstyle-choice.json);
 * ``…-robust-mixstyle-effnet``: the same with EfficientNet-Lite0 instead of MobileNetV2, only when its rule
-  adopted it on validation (results/robust-sweep/backbone-choice.json);
+  adopted it on validation (results/robust-sweep/backbone-choice.json); ``…-robust-mixstyle-jpeg``: with JPEG
+  re-compression added to the augmentation, likewise (jpeg-choice.json);
 * ``default``: the bundled model (it trained on both sources; only BCCD fields it never saw count).
 Test sets a model trained on are skipped.
 """
@@ -141,7 +142,8 @@ def robust_models(work: Path) -> dict[str, Path]:
 
 
 #: model-name suffix -> the choice file of scripts/robust_sweep.py whose rule adds those models
-VARIANTS = {"-mixstyle": "mixstyle-choice.json", "-mixstyle-effnet": "backbone-choice.json"}
+VARIANTS = {"-mixstyle": "mixstyle-choice.json", "-mixstyle-effnet": "backbone-choice.json",
+            "-mixstyle-jpeg": "jpeg-choice.json"}
 
 
 def sweep_choices() -> dict[str, dict]:
@@ -151,7 +153,7 @@ def sweep_choices() -> dict[str, dict]:
         f = ROOT / "results/robust-sweep" / name
         c = json.loads(f.read_text()) if f.is_file() else {"adopted": False}
         if c["adopted"]:
-            out[variant] = {k: c[k] for k in ("mixstyle", "arch") if k in c}
+            out[variant] = {k: c[k] for k in ("mixstyle", "arch", "augment_preset") if k in c}
     return out
 
 
@@ -205,7 +207,7 @@ def main() -> None:
             *robust_rows(""),
             ("pbc-only-robust+selftrain", "kaggle-test"), ("pbc-only-robust+selftrain", "kaggle-test-simple"),
             ("pbc-only-robust+selftrain", "bccd-fields-unseen"), ("kaggle-only-robust+selftrain", "pbc-test-4"),
-            *robust_rows("-mixstyle"), *robust_rows("-mixstyle-effnet"),
+            *robust_rows("-mixstyle"), *robust_rows("-mixstyle-effnet"), *robust_rows("-mixstyle-jpeg"),
             ("default", "kaggle-test-simple"), ("default", "bccd-fields-unseen")]
     unknown = (only or set()) - {m for m, _ in plan}
     if unknown:

@@ -145,11 +145,13 @@ def robust_sweep_section() -> list[str]:
              "the images scored). In-domain columns: accuracy on the model's own validation split. "
              "robust+reinhard+mixstyle adds MixStyle (`wbc train --mixstyle 0.5`: the channel statistics of early "
              "feature maps mixed between the images of a batch, in training only); …+effnet is the same with "
-             "EfficientNet-Lite0 (ImageNet weights) instead of MobileNetV2.", ""]
+             "EfficientNet-Lite0 (ImageNet weights) instead of MobileNetV2; …+jpeg adds JPEG re-compression (quality "
+             "30–90, half the images) to the augmentation.", ""]
     table = RESULTS / "robust-sweep" / "sweep.md"
     lines += [table.read_text() if table.is_file() else "_Not run yet._", ""]
     for name, title, when in (("mixstyle", "MixStyle", "fixed before its Kaggle-only model was scored"),
-                              ("backbone", "Backbone", "fixed before either of its models was trained")):
+                              ("backbone", "Backbone", "fixed before either of its models was trained"),
+                              ("jpeg", "JPEG", "fixed before either of its models was trained")):
         choice = RESULTS / "robust-sweep" / f"{name}-choice.json"
         if choice.is_file():
             c = load(choice)

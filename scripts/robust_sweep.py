@@ -2,8 +2,8 @@
 
     python scripts/robust_sweep.py [--out results/robust-sweep] [--work runs/robust-sweep] [--recipes a,b]
 
-For every recipe (augmentation preset x per-image colour normalisation, plus MixStyle or the EfficientNet-Lite0
-backbone where :data:`EXTRA` says so) it trains two MobileNetV2s at a small budget (128 px, 4 epochs, ImageNet
+For every recipe (augmentation preset x per-image colour normalisation, plus MixStyle, JPEG re-compression or
+the EfficientNet-Lite0 backbone where the recipe says so) it trains two MobileNetV2s at a small budget (128 px, 4 epochs, ImageNet
 start, WBC-centred crop 0.7, one-cycle Adam 3e-4, class weights):
 * **PBC-only** (PBC train split), validated *cross-domain* on Kaggle TRAIN (all 277 source cells; never
   on Kaggle TEST);
@@ -59,11 +59,13 @@ RECIPES = {
     "robust+macenko": ("robust", "macenko"),
     "robust+reinhard+mixstyle": ("robust", "reinhard"),
     "robust+reinhard+mixstyle+effnet": ("robust", "reinhard"),
+    "robust+reinhard+mixstyle+jpeg": ("robust-jpeg", "reinhard"),
 }
 #: training options beyond the recipe's augmentation and colour normalisation (MixStyle at the paper's p, alpha;
 #: the EfficientNet-Lite0 backbone, the other one with ImageNet weights offline)
 EXTRA = {"robust+reinhard+mixstyle": {"mixstyle": 0.5},
-         "robust+reinhard+mixstyle+effnet": {"mixstyle": 0.5, "arch": "efficientnet_lite0"}}
+         "robust+reinhard+mixstyle+effnet": {"mixstyle": 0.5, "arch": "efficientnet_lite0"},
+         "robust+reinhard+mixstyle+jpeg": {"mixstyle": 0.5}}
 BUDGET = dict(arch="mobilenet_v2", img_size=128, epochs=4, lr=3e-4, schedule="onecycle", class_weights=True,
               patience=4, seed=0)
 
@@ -135,7 +137,7 @@ def run(name: str, work: Path) -> dict:
 
 #: Rules that decide, on this sweep's validation rows, what the cross-domain models of scripts/crossdomain.py
 #: train with. Each was fixed before its candidate row was (fully) scored: MixStyle's after its PBC-only side had
-#: printed, before its Kaggle-only side; the backbone's before either side was trained. The backbone needs a
+#: printed, before its Kaggle-only side; the backbone's and JPEG's before either side was trained. The backbone needs a
 #: margin because a second seed alone moved one direction by up to 9 points (docs/decisions/0014, seed variance).
 RULES = {
     "mixstyle": dict(base="robust+reinhard", candidate="robust+reinhard+mixstyle", margin=0.0,
@@ -148,6 +150,12 @@ RULES = {
                      rule="train EfficientNet-Lite0 cross-domain models (with MixStyle) if robust+reinhard+mixstyle+effnet's "
                           "mean cross-domain balanced accuracy (AdaBN off) > robust+reinhard+mixstyle's + 0.03 and its "
                           "PBC val accuracy (in-domain) >= robust+reinhard+mixstyle's - 0.01"),
+    "jpeg": dict(base="robust+reinhard+mixstyle", candidate="robust+reinhard+mixstyle+jpeg", margin=0.03,
+                 file="jpeg-choice.json", options={"mixstyle": 0.5, "augment_preset": "robust-jpeg"},
+                 rule="train the cross-domain models with JPEG re-compression as well (augmentation robust-jpeg) if "
+                      "robust+reinhard+mixstyle+jpeg's mean cross-domain balanced accuracy (AdaBN off) > "
+                      "robust+reinhard+mixstyle's + 0.03 and its PBC val accuracy (in-domain) >= "
+                      "robust+reinhard+mixstyle's - 0.01"),
 }
 MIXSTYLE_RULE = RULES["mixstyle"]["rule"]
 

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from conftest import SAMPLES
-from wbc.augment import PRESETS, AugmentConfig, augment, downscale, gaussian_blur, hed_jitter, hue_rotate
+from wbc.augment import (PRESETS, AugmentConfig, augment, downscale, gaussian_blur, hed_jitter, hue_rotate,
+                         jpeg_recompress)
 
 
 def _cells() -> torch.Tensor:
@@ -145,3 +146,21 @@ def test_mixstyle_mixes_feature_statistics_in_training_only():
     net.train()
     net(x)  # removed: training forward is plain again (BatchNorm in train mode: same batch, same output)
     torch.testing.assert_close(seen.pop(), plain)
+
+
+def test_jpeg_recompression_adds_block_artefacts_to_picked_images_only():
+    x = _cells()
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert jpeg_recompress(x, 0.0, g()) is x
+    y = jpeg_recompress(x, 1.0, g())
+    assert y.shape == x.shape and y.dtype == x.dtype and 0 <= y.min() and y.max() <= 1
+    err = (y - x).abs().mean()
+    assert 0.002 < err < 0.05  # artefacts, not a different picture
+    assert torch.equal(y, jpeg_recompress(x, 1.0, g()))  # seeded
+    worse = jpeg_recompress(x, 1.0, g(), quality=(10, 10))
+    better = jpeg_recompress(x, 1.0, g(), quality=(95, 95))
+    assert (better - x).abs().mean() < err < (worse - x).abs().mean()  # lower quality, larger error
+    half = jpeg_recompress(x, 0.5, torch.Generator().manual_seed(0))
+    changed = [(half[i] - x[i]).abs().max() > 0 for i in range(len(x))]
+    assert 0 < sum(changed) < len(x) or len(x) < 2
+    assert PRESETS["robust-jpeg"] == AugmentConfig(**{**PRESETS["robust"].__dict__, "jpeg": 0.5})

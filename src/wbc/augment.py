@@ -31,6 +31,7 @@ class AugmentConfig:
     gamma: tuple[float, float] = (1.0, 1.0)  # exponent range: lamp / camera response differences
     downscale: float = 0.0  # probability of losing resolution (down to 35-80 % of the side and back up)
     noise: float = 0.0  # maximum standard deviation of additive Gaussian sensor noise (in [0, 1] units)
+    jpeg: float = 0.0  # probability of JPEG re-compression at quality 30-90: another lab's camera and storage
 
 
 #: Named recipes for ``wbc train --augment`` (measured against each other in docs/decisions/0011-domain-robustness.md).
@@ -43,6 +44,8 @@ PRESETS: dict[str, AugmentConfig] = {
                             channel_gain=0.1, hed=0.08, blur=0.3, free_rotation=True, hue=0.15, gamma=(0.7, 1.4),
                             downscale=0.5, noise=0.03),
 }
+#: ``robust`` plus JPEG re-compression (measured as a recipe of scripts/robust_sweep.py, docs/decisions/0014)
+PRESETS["robust-jpeg"] = AugmentConfig(**{**PRESETS["robust"].__dict__, "jpeg": 0.5})
 
 # Ruifrok & Johnston (2001) stain vectors, as in skimage.color.hed_from_rgb
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -104,6 +107,25 @@ def downscale(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Te
                         align_corners=False)
     x = x.clone()
     x[pick] = F.interpolate(sub, size=size, mode="bilinear", align_corners=False)
+    return x
+
+
+def jpeg_recompress(x: torch.Tensor, p: float, generator: torch.Generator,
+                    quality: tuple[int, int] = (30, 90)) -> torch.Tensor:
+    """Re-encode a random share ``p`` of the batch as JPEG at a quality drawn from ``quality``: the block and
+    ringing artefacts of another lab's camera and image storage (the Kaggle crops are JPEGs of JPEGs)."""
+    import cv2
+
+    pick = torch.rand(x.shape[0], generator=generator) < p
+    q = torch.randint(quality[0], quality[1] + 1, (x.shape[0],), generator=generator)
+    if not bool(pick.any()):
+        return x
+    x = x.clone()
+    for i in torch.nonzero(pick).flatten().tolist():
+        rgb = (x[i].permute(1, 2, 0).float().numpy() * 255).round().astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(q[i])])
+        back = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        x[i] = torch.from_numpy(np.ascontiguousarray(back)).permute(2, 0, 1).to(x.dtype) / 255
     return x
 
 
@@ -187,6 +209,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
         x = downscale(x, cfg.downscale, generator)
     if cfg.noise:
         x = (x + torch.randn(x.shape, generator=generator) * (u(b, 1, 1, 1) * cfg.noise)).clamp_(0, 1)
+    if cfg.jpeg:
+        x = jpeg_recompress(x, cfg.jpeg, generator)
     return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -96,10 +96,10 @@ def _train_args(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
     t.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
                    help="validation figure that picks the kept checkpoint and drives early stopping (default: val_loss)")
     t.add_argument("--no-augment", action="store_true", help="no rotation/flip/colour augmentation")
-    t.add_argument("--augment", default="standard", choices=["standard", "stain", "robust"],
+    t.add_argument("--augment", default="standard", choices=["standard", "stain", "robust", "robust-jpeg"],
                    help="augmentation recipe; 'stain' adds free rotation, scale, HED stain jitter and blur; "
-                   "'robust' (the bundled model's, docs/decisions/0014) adds hue, gamma, resolution loss and noise "
-                   "(default: standard)")
+                   "'robust' (the bundled model's, docs/decisions/0014) adds hue, gamma, resolution loss and noise; "
+                   "'robust-jpeg' adds JPEG re-compression (default: standard)")
     t.add_argument("--label-smoothing", type=float, default=0.0, help="(default: 0)")
     t.add_argument("--mixstyle", type=float, default=0.0, metavar="P",
                    help="MixStyle: with probability P per early stage and batch, mix the feature statistics of "
