@@ -116,7 +116,8 @@ def robust_models(work: Path) -> dict[str, Path]:
                                    ROOT / "data/splits/pbc.csv")}
     base = dict(plan)
     for variant, options in sweep_choices().items():  # adopted on validation by scripts/robust_sweep.py
-        plan.update({f"{name}{variant}": (data, {**extra, **options}, lab) for name, (data, extra, lab) in base.items()})
+        plan.update({f"{name}{variant}": (data, {**extra, **options}, lab)
+                     for name, (data, extra, lab) in base.items()})
     out = {}
     for name, (data, extra, other_lab) in plan.items():
         run = work / name

@@ -2,9 +2,9 @@
 
     python scripts/robust_sweep.py [--out results/robust-sweep] [--work runs/robust-sweep] [--recipes a,b]
 
-For every recipe (augmentation preset x per-image colour normalisation, plus MixStyle, JPEG re-compression or
-the EfficientNet-Lite0 backbone where the recipe says so) it trains two MobileNetV2s at a small budget (128 px, 4 epochs, ImageNet
-start, WBC-centred crop 0.7, one-cycle Adam 3e-4, class weights):
+For every recipe (augmentation preset x per-image colour normalisation, plus MixStyle, JPEG re-compression
+or the EfficientNet-Lite0 backbone where the recipe says so) it trains two MobileNetV2s at a small budget
+(128 px, 4 epochs, ImageNet start, WBC-centred crop 0.7, one-cycle Adam 3e-4, class weights):
 * **PBC-only** (PBC train split), validated *cross-domain* on Kaggle TRAIN (all 277 source cells; never
   on Kaggle TEST);
 * **Kaggle-only** (Kaggle TRAIN train split, <= 1,000 images per class), validated cross-domain on the
@@ -136,9 +136,9 @@ def run(name: str, work: Path) -> dict:
 
 
 #: Rules that decide, on this sweep's validation rows, what the cross-domain models of scripts/crossdomain.py
-#: train with. Each was fixed before its candidate row was (fully) scored: MixStyle's after its PBC-only side had
-#: printed, before its Kaggle-only side; the backbone's and JPEG's before either side was trained. The backbone needs a
-#: margin because a second seed alone moved one direction by up to 9 points (docs/decisions/0014, seed variance).
+#: train with. Each was fixed before its candidate row was (fully) scored: MixStyle's after its PBC-only side
+#: had printed, before its Kaggle-only side; the backbone's and JPEG's before either side was trained. Those two
+#: need a margin because a second seed alone moved one direction by up to 9 points (docs/decisions/0014).
 RULES = {
     "mixstyle": dict(base="robust+reinhard", candidate="robust+reinhard+mixstyle", margin=0.0,
                      file="mixstyle-choice.json", options={"mixstyle": 0.5},
@@ -147,9 +147,10 @@ RULES = {
                           "(in-domain) >= robust+reinhard's - 0.01"),
     "backbone": dict(base="robust+reinhard+mixstyle", candidate="robust+reinhard+mixstyle+effnet", margin=0.03,
                      file="backbone-choice.json", options={"mixstyle": 0.5, "arch": "efficientnet_lite0"},
-                     rule="train EfficientNet-Lite0 cross-domain models (with MixStyle) if robust+reinhard+mixstyle+effnet's "
-                          "mean cross-domain balanced accuracy (AdaBN off) > robust+reinhard+mixstyle's + 0.03 and its "
-                          "PBC val accuracy (in-domain) >= robust+reinhard+mixstyle's - 0.01"),
+                     rule="train EfficientNet-Lite0 cross-domain models (with MixStyle) if "
+                          "robust+reinhard+mixstyle+effnet's mean cross-domain balanced accuracy (AdaBN off) > "
+                          "robust+reinhard+mixstyle's + 0.03 and its PBC val accuracy (in-domain) >= "
+                          "robust+reinhard+mixstyle's - 0.01"),
     "jpeg": dict(base="robust+reinhard+mixstyle", candidate="robust+reinhard+mixstyle+jpeg", margin=0.03,
                  file="jpeg-choice.json", options={"mixstyle": 0.5, "augment_preset": "robust-jpeg"},
                  rule="train the cross-domain models with JPEG re-compression as well (augmentation robust-jpeg) if "
@@ -157,7 +158,6 @@ RULES = {
                       "robust+reinhard+mixstyle's + 0.03 and its PBC val accuracy (in-domain) >= "
                       "robust+reinhard+mixstyle's - 0.01"),
 }
-MIXSTYLE_RULE = RULES["mixstyle"]["rule"]
 
 
 def choice(rows: dict[str, dict], rule: dict) -> dict | None:
@@ -168,7 +168,8 @@ def choice(rows: dict[str, dict], rule: dict) -> dict | None:
     adopted = (cand["cross_domain_mean"] > base["cross_domain_mean"] + rule["margin"]
                and cand["pbc-only_in_domain"]["accuracy"] >= base["pbc-only_in_domain"]["accuracy"] - 0.01)
     return {"adopted": bool(adopted), "rule": rule["rule"], **rule["options"],
-            "cross_domain_mean": {rule["base"]: base["cross_domain_mean"], rule["candidate"]: cand["cross_domain_mean"]},
+            "cross_domain_mean": {rule["base"]: base["cross_domain_mean"],
+                                  rule["candidate"]: cand["cross_domain_mean"]},
             "pbc_val_accuracy": {rule["base"]: base["pbc-only_in_domain"]["accuracy"],
                                  rule["candidate"]: cand["pbc-only_in_domain"]["accuracy"]}}
 
