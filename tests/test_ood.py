@@ -191,7 +191,10 @@ def test_predict_json_calls_cells_known_and_synthetic_images_unknown(ood_dir, ca
     assert [r["unknown"] for r in others] == [True] * len(others), [(r["path"], r["ood_score"]) for r in others]
     threshold = read_info(default_model_path()).unknown_threshold
     assert sorted(r["ood_score"] for r in cells)[1] >= threshold > max(r["ood_score"] for r in others)
-    assert f"{len(others) + n_cells_unknown} of {len(out)} images are unlike any cell" in captured.err
+    assert all(r["review"] for r in others)  # an unknown image goes to review whatever its confidence
+    n_review = sum(r["review"] for r in out.values())
+    assert (f"{n_review} of {len(out)} images to review: calibrated confidence below" in captured.err
+            and f"({len(others) + n_cells_unknown} unknown: not a white blood cell" in captured.err), captured.err
 
 
 def test_predict_table_and_csv_show_the_verdict(ood_dir, capsys):
