@@ -110,6 +110,7 @@ crossdomain)  # train on one source, test on the other (needs the pbc and kaggle
 adapt)  # few-shot adaptation of the robust PBC-only model (crossdomain step) to Kaggle/BCCD (5, 10, 20 cells per class)
   .venv/bin/python scripts/adapt_curve.py --eval-split val --out $OUT/adapt-val   # where --head's default was chosen
   .venv/bin/python scripts/adapt_curve.py --out $OUT/adapt
+  .venv/bin/python scripts/adabn_minimum.py --out $OUT/adabn-minimum   # how few unlabelled cells wbc adapt takes
   ;;
 ood)  # out-of-distribution images (red cells, platelets, background, non-microscopy): the unknown verdict
   # (docs/decisions/0013); the val half (with the val splits) chose the score, the test half reports it

@@ -246,6 +246,17 @@ def adapt_section() -> list[str]:
                   "re-estimating BatchNorm statistics: 4 distinct images (one per class here) were the fewest measured "
                   "and no worse on the lab's val cells than not adapting; fewer are refused (`wbc.adapt.MIN_BN_IMAGES`, "
                   "docs/decisions/0008)."]
+    mini = load(RESULTS / "adabn-minimum" / "minimum.json")
+    if mini:
+        lines += ["", "How few *unlabelled* cells `wbc adapt --unlabelled` takes (`python scripts/adabn_minimum.py`, "
+                  "validation only): the same source model, BatchNorm statistics of k unlabelled Kaggle train-split "
+                  f"images (3 random draws each), scored on the val splits. Rule, fixed beforehand: {mini['rule']}. "
+                  f"Minimum: **{mini['minimum']}** (`wbc.adapt.MIN_UNLABELLED`).", "",
+                  "| unlabelled images | Kaggle val balanced % | PBC val acc % |", "|---|---|---|"]
+        for r in mini["rows"]:
+            sd = lambda k: f" ± {100 * r[k + '_sd']:.1f}" if k + "_sd" in r else ""  # noqa: E731
+            lines.append(f"| {r['images'] or 'none (before)'} | {pct(r['kaggle_val_balanced'])}"
+                         f"{sd('kaggle_val_balanced')} | {pct(r['pbc_val_accuracy'])}{sd('pbc_val_accuracy')} |")
     return lines + [""]
 
 

@@ -46,7 +46,9 @@ from .ood import energy, unknown_threshold
 
 log = logging.getLogger(__name__)
 
-MIN_UNLABELLED = 32  # fewer images give BatchNorm statistics too noisy to trust
+#: label-free (AdaBN): the fewest unlabelled images whose BatchNorm statistics were, at that count and every larger
+#: one measured, no worse on the lab's validation cells than not adapting (scripts/adabn_minimum.py; 0008)
+MIN_UNLABELLED = 4
 #: with labelled cells, BatchNorm statistics come from the shots' augmented views (plus any unlabelled images).
 #: One cell per class of four (4 images) is the fewest measured: re-estimating on them was no worse on the lab's
 #: validation cells than not adapting (scripts/adapt_curve.py --eval-split val, 'bn only'; docs/decisions/0008).
