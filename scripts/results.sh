@@ -113,10 +113,11 @@ adapt)  # few-shot adaptation of the robust PBC-only model (crossdomain step) to
   .venv/bin/python scripts/adabn_minimum.py --out $OUT/adabn-minimum   # how few unlabelled cells wbc adapt takes
   ;;
 ood)  # out-of-distribution images (red cells, platelets, background, non-microscopy): the unknown verdict
-  # (docs/decisions/0013); the val half (with the val splits) chose the score, the test half reports it
+  # (docs/decisions/0013); the val half (with the val splits) chose the score, the test half reports it. The val
+  # half is scored by the validated twin (default step): the bundled refit trained on the val splits' cells
   rm -rf runs/ood && .venv/bin/python scripts/make_ood_set.py runs/ood
-  $WBC -q evaluate-ood --data data/splits/pbc.csv --data data/splits/kaggle.csv --split val --ood runs/ood/val \
-      --out $OUT/ood/val
+  $WBC -q evaluate-ood --model runs/default-validated.safetensors --data data/splits/pbc.csv \
+      --data data/splits/kaggle.csv --split val --ood runs/ood/val --out $OUT/ood/val
   $WBC -q evaluate-ood --data data/splits/pbc.csv --data data/splits/kaggle.csv --ood runs/ood/test --out $OUT/ood
   ;;
 *) echo "unknown step $step" >&2; exit 2;;
