@@ -209,3 +209,10 @@ def test_adapt_refuses_too_few_cells_before_writing_anything(lab, tmp_path, caps
     assert not (tmp_path / "one-out").exists()
     assert main(["-q", "adapt", "--data", str(one), "--head", "keep", "--out", str(tmp_path / "one-out")]) == 0
     assert json.loads((tmp_path / "one-out" / "adapt.json").read_text())["head_refit"] is False
+    single = tmp_path / "single" / "neutrophil"  # one image of one class: neither step can run, one message says so
+    single.mkdir(parents=True)
+    shutil.copy(next(one.rglob("*.png")), single)
+    assert main(["-q", "adapt", "--data", str(single.parent), "--out", str(tmp_path / "single-out")]) == 2
+    err = capsys.readouterr().err
+    assert "1 distinct cell image(s) of one class (neutrophil): too few to adapt" in err
+    assert "--no-batchnorm" not in err and not (tmp_path / "single-out").exists()

@@ -277,14 +277,19 @@ def adapt(cfg: AdaptConfig) -> dict:
         raise WbcError(f"classes {unknown} are not classes of the model ({', '.join(info.classes)})")
     shots = pick_shots(records, cfg.shots, cfg.seed)
     n_distinct = len(shots) + (0 if x_unl is None else len(x_unl))
-    if cfg.bn and n_distinct < MIN_BN_IMAGES:
+    labelled = sorted({r.label for r in shots})
+    few_images, one_class = cfg.bn and n_distinct < MIN_BN_IMAGES, mode != "keep" and len(labelled) < 2
+    if few_images and one_class:  # neither step can run: say both at once, not one after the other
+        raise WbcError(f"{n_distinct} distinct cell image(s) of one class ({labelled[0]}): too few to adapt "
+                       f"(BatchNorm statistics need at least {MIN_BN_IMAGES} images, a head re-fit cells of at least "
+                       "2 classes); add cells")
+    if few_images:
         raise WbcError(f"{n_distinct} distinct cell image(s): re-estimating BatchNorm statistics needs at least "
                        f"{MIN_BN_IMAGES} (labelled and --unlabelled together); add cells, or pass --no-batchnorm to "
                        "adapt only the classifier head")
-    labelled = sorted({r.label for r in shots})
-    if mode != "keep" and len(labelled) < 2:
+    if one_class:
         raise WbcError(f"re-fitting the classifier head needs labelled cells of at least 2 classes, got only "
-                       f"{', '.join(labelled)}; add cells of other classes, or pass --head keep")
+                       f"{labelled[0]}; add cells of other classes, or pass --head keep")
     x_u8, shots = decode_images(shots, info.preprocess, progress=cfg.progress, desc="decoding shots")
     x_u8 = torch.from_numpy(x_u8)
     y = torch.tensor([info.classes.index(r.label) for r in shots])

@@ -245,8 +245,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if not 0 <= cfg.mixstyle <= 1:
         raise WbcError(f"--mixstyle is a probability in [0, 1], got {cfg.mixstyle}")
     if cfg.mixstyle > 0:  # before anything is written: does MixStyle know where this network's stages are?
-        try:
-            style_stages(spec.build(num_classes=2, pretrained=False))
+        try:  # on the meta device: the layout only, no weights allocated or initialised
+            with torch.device("meta"):
+                skeleton = spec.build(num_classes=2, pretrained=False)
+            style_stages(skeleton)
         except ValueError as exc:
             raise WbcError(f"--mixstyle: {exc}") from None
     img_size = cfg.img_size or spec.img_size
