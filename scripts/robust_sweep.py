@@ -139,24 +139,23 @@ def run(name: str, work: Path) -> dict:
 #: train with. Each was fixed before its candidate row was (fully) scored: MixStyle's after its PBC-only side
 #: had printed, before its Kaggle-only side; the backbone's and JPEG's before either side was trained. Those two
 #: need a margin because a second seed alone moved one direction by up to 9 points (docs/decisions/0014).
-RULES = {
-    "mixstyle": dict(base="robust+reinhard", candidate="robust+reinhard+mixstyle", margin=0.0,
-                     file="mixstyle-choice.json", options={"mixstyle": 0.5},
-                     rule="adopt MixStyle (p 0.5) for the cross-domain models if robust+reinhard+mixstyle's mean "
-                          "cross-domain balanced accuracy (AdaBN off) > robust+reinhard's and its PBC val accuracy "
-                          "(in-domain) >= robust+reinhard's - 0.01"),
-    "backbone": dict(base="robust+reinhard+mixstyle", candidate="robust+reinhard+mixstyle+effnet", margin=0.03,
-                     file="backbone-choice.json", options={"mixstyle": 0.5, "arch": "efficientnet_lite0"},
-                     rule="train EfficientNet-Lite0 cross-domain models (with MixStyle) if "
-                          "robust+reinhard+mixstyle+effnet's mean cross-domain balanced accuracy (AdaBN off) > "
-                          "robust+reinhard+mixstyle's + 0.03 and its PBC val accuracy (in-domain) >= "
-                          "robust+reinhard+mixstyle's - 0.01"),
-    "jpeg": dict(base="robust+reinhard+mixstyle", candidate="robust+reinhard+mixstyle+jpeg", margin=0.03,
-                 file="jpeg-choice.json", options={"mixstyle": 0.5, "augment_preset": "robust-jpeg"},
-                 rule="train the cross-domain models with JPEG re-compression as well (augmentation robust-jpeg) if "
-                      "robust+reinhard+mixstyle+jpeg's mean cross-domain balanced accuracy (AdaBN off) > "
-                      "robust+reinhard+mixstyle's + 0.03 and its PBC val accuracy (in-domain) >= "
-                      "robust+reinhard+mixstyle's - 0.01"),
+def _rule(what: str, base: str, candidate: str, margin: float, **options) -> dict:
+    """A rule of :data:`RULES`: ``what`` is done (with training ``options``) if ``candidate`` beats ``base``'s mean
+    cross-domain balanced accuracy by more than ``margin`` and loses at most 1 point of PBC val accuracy."""
+    gain = f" + {margin:.2f}" if margin else ""
+    return dict(base=base, candidate=candidate, margin=margin, options=options,
+                rule=f"{what} if {candidate}'s mean cross-domain balanced accuracy (AdaBN off) > {base}'s{gain} and "
+                     f"its PBC val accuracy (in-domain) >= {base}'s - 0.01")
+
+
+RULES = {  # name -> rule; its decision is written to results/robust-sweep/<name>-choice.json
+    "mixstyle": _rule("adopt MixStyle (p 0.5) for the cross-domain models", "robust+reinhard",
+                      "robust+reinhard+mixstyle", 0.0, mixstyle=0.5),
+    "backbone": _rule("train EfficientNet-Lite0 cross-domain models (with MixStyle)", "robust+reinhard+mixstyle",
+                      "robust+reinhard+mixstyle+effnet", 0.03, mixstyle=0.5, arch="efficientnet_lite0"),
+    "jpeg": _rule("train the cross-domain models with JPEG re-compression as well (augmentation robust-jpeg)",
+                  "robust+reinhard+mixstyle", "robust+reinhard+mixstyle+jpeg", 0.03, mixstyle=0.5,
+                  augment_preset="robust-jpeg"),
 }
 
 
@@ -204,10 +203,10 @@ def main() -> int:
         ordered = [rows[k] for k in RECIPES if k in rows]
         done.write_text(json.dumps(ordered, indent=1))
         (out / "sweep.md").write_text(markdown(ordered))
-    for rule in RULES.values():
+    for name, rule in RULES.items():
         decided = choice(rows, rule)
         if decided is not None:
-            (out / rule["file"]).write_text(json.dumps(decided, indent=1))
+            (out / f"{name}-choice.json").write_text(json.dumps(decided, indent=1))
     print((out / "sweep.md").read_text())
     return 0
 
